@@ -1,0 +1,66 @@
+"""The Lottery Bet Protocol, version 1, without I/O: bytes in, messages out.
+
+The one implementation of docs/PROTOCOL.md that the server, the client and the tests
+share. Nothing here touches a socket.
+"""
+
+from .decoder import NEED_DATA, PEER_CLOSED, FrameDecoder, Role, decode_bets_payload
+from .encoder import encode, encode_bet
+from .errors import ProtocolError
+from .messages import (
+    BETS_FRAME_OVERHEAD,
+    MAX_FRAME_LENGTH,
+    MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    Ack,
+    Bet,
+    Bets,
+    Done,
+    DoneAck,
+    Error,
+    ErrorCode,
+    FrameType,
+    Hello,
+    Message,
+    Welcome,
+    Winners,
+    WinnersQuery,
+    bet_wire_size,
+)
+from .packer import pack_batches, split_winners
+from .validation import BetProblem, bet_problem, first_invalid_bet, utc_today
+
+__all__ = [
+    "BETS_FRAME_OVERHEAD",
+    "MAX_FRAME_LENGTH",
+    "MAX_FRAME_SIZE",
+    "NEED_DATA",
+    "PEER_CLOSED",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Bet",
+    "BetProblem",
+    "Bets",
+    "Done",
+    "DoneAck",
+    "Error",
+    "ErrorCode",
+    "FrameDecoder",
+    "FrameType",
+    "Hello",
+    "Message",
+    "ProtocolError",
+    "Role",
+    "Welcome",
+    "Winners",
+    "WinnersQuery",
+    "bet_problem",
+    "bet_wire_size",
+    "decode_bets_payload",
+    "encode",
+    "encode_bet",
+    "first_invalid_bet",
+    "pack_batches",
+    "split_winners",
+    "utc_today",
+]

@@ -1,0 +1,296 @@
+"""Incremental frame decoder: bytes in, messages out.
+
+Theory of operation. A `FrameDecoder` owns the receive buffer of one direction of
+one connection. `receive_data(chunk)` appends bytes (`b""` means the peer closed);
+`next_message()` hands back the next complete message, `NEED_DATA` while a frame is
+incomplete, or `PEER_CLOSED` once the peer closed on a frame boundary. The length
+in a frame's 4-byte header is checked as soon as those 4 bytes are in, so a frame
+that could never be legal is refused before any of its body is waited for. Any
+violation raises `ProtocolError`; the decoder then stays broken and raises the same
+error on every later call, like h11's ERROR state.
+
+The buffer is a bytearray consumed from the front (`del buf[:n]`, amortised linear),
+so it holds at most the frame being assembled plus what arrived after it.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+from .errors import ProtocolError
+from .messages import (
+    MAX_FRAME_LENGTH,
+    PROTOCOL_VERSION,
+    Ack,
+    Bet,
+    Bets,
+    Done,
+    DoneAck,
+    Error,
+    ErrorCode,
+    FrameType,
+    Hello,
+    Message,
+    Welcome,
+    Winners,
+    WinnersQuery,
+)
+
+
+class Sentinel(enum.Enum):
+    NEED_DATA = "need data"
+    PEER_CLOSED = "peer closed"
+
+
+NEED_DATA = Sentinel.NEED_DATA
+PEER_CLOSED = Sentinel.PEER_CLOSED
+
+
+class Role(enum.Enum):
+    """Which side decodes: the server reads client frames, the client server frames."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_HELLO_HEAD = struct.Struct(">HI")
+_BETS_HEAD = struct.Struct(">IH")
+_ACK = struct.Struct(">IH")
+_WELCOME = struct.Struct(">IB")
+_WINNERS_HEAD = struct.Struct(">BH")
+_ERROR_HEAD = struct.Struct(">HI")
+
+
+def _malformed(why: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.MALFORMED_FRAME, why)
+
+
+class _Reader:
+    """Reads fields from one payload, refusing to run past its end."""
+
+    __slots__ = ("data", "offset")
+
+    def __init__(self, data: bytes, offset: int = 0) -> None:
+        self.data = data
+        self.offset = offset
+
+    def unpack(self, shape: struct.Struct) -> tuple:
+        end = self.offset + shape.size
+        if end > len(self.data):
+            raise _malformed("payload shorter than its fields")
+        values = shape.unpack_from(self.data, self.offset)
+        self.offset = end
+        return values
+
+    def string(self) -> str:
+        (size,) = self.unpack(_U16)
+        end = self.offset + size
+        if end > len(self.data):
+            raise _malformed("string runs past the end of the payload")
+        raw = self.data[self.offset : end]
+        self.offset = end
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise _malformed("invalid UTF-8 in a string") from None
+
+    def finish(self) -> None:
+        if self.offset != len(self.data):
+            raise _malformed("payload longer than its fields")
+
+
+def _decode_hello(payload: bytes) -> Hello:
+    reader = _Reader(payload)
+    (version,) = reader.unpack(_U16)  # version first: a v2 HELLO may be any shape
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"protocol version {version} is not supported (this server speaks {PROTOCOL_VERSION})",
+        )
+    (agency,) = reader.unpack(_U32)
+    token = reader.string()
+    reader.finish()
+    return Hello(agency=agency, token=token, version=version)
+
+
+def decode_bets_payload(payload: bytes) -> Bets:
+    """Decodes a BETS payload; the server's hot path, so written out by hand.
+
+    Field lengths are read by offset arithmetic with no bounds check per field: a
+    length that runs past the end makes a later index raise IndexError, or leaves
+    the offset short of or beyond the end, and each of those is MALFORMED_FRAME.
+    """
+    if len(payload) < 6:
+        raise _malformed("payload shorter than its fields")
+    first, count = _BETS_HEAD.unpack_from(payload, 0)
+    if first == 0:
+        raise _malformed("BETS first must be at least 1")
+    if count == 0:
+        raise _malformed("BETS count must be at least 1")
+    bets = []
+    append = bets.append
+    off = 6
+    try:
+        for _ in range(count):
+            end = off + 2 + ((payload[off] << 8) | payload[off + 1])
+            first_name = payload[off + 2 : end].decode()
+            off = end + 2 + ((payload[end] << 8) | payload[end + 1])
+            last_name = payload[end + 2 : off].decode()
+            end = off + 2 + ((payload[off] << 8) | payload[off + 1])
+            document = payload[off + 2 : end].decode()
+            off = end + 2 + ((payload[end] << 8) | payload[end + 1])
+            birthdate = payload[end + 2 : off].decode()
+            append(Bet(first_name, last_name, document, birthdate, (payload[off] << 8) | payload[off + 1]))
+            off += 2
+    except IndexError:
+        raise _malformed("payload shorter than its fields") from None
+    except UnicodeDecodeError:
+        raise _malformed("invalid UTF-8 in a string") from None
+    if off != len(payload):
+        raise _malformed("payload shorter than its fields" if off > len(payload) else "payload longer than its fields")
+    return Bets(first=first, bets=tuple(bets))
+
+
+def _decode_empty(message: Message):
+    def decode(payload: bytes) -> Message:
+        if payload:
+            raise _malformed("payload longer than its fields")
+        return message
+
+    return decode
+
+
+def _decode_welcome(payload: bytes) -> Welcome:
+    reader = _Reader(payload)
+    committed, flags = reader.unpack(_WELCOME)
+    reader.finish()
+    if flags & ~0b11:
+        raise _malformed("unused WELCOME flag bits must be 0")
+    return Welcome(committed=committed, agency_done=bool(flags & 1), draw_done=bool(flags & 2))
+
+
+def _decode_ack(payload: bytes) -> Ack:
+    reader = _Reader(payload)
+    first, count = reader.unpack(_ACK)
+    reader.finish()
+    if first == 0 or count == 0:
+        raise _malformed("ACK first and count must be at least 1")
+    return Ack(first=first, count=count)
+
+
+def _decode_winners(payload: bytes) -> Winners:
+    reader = _Reader(payload)
+    final, count = reader.unpack(_WINNERS_HEAD)
+    if final > 1:
+        raise _malformed("WINNERS final must be 0 or 1")
+    documents = tuple(reader.string() for _ in range(count))
+    reader.finish()
+    return Winners(documents=documents, final=bool(final))
+
+
+def _decode_error(payload: bytes) -> Error:
+    reader = _Reader(payload)
+    code, first = reader.unpack(_ERROR_HEAD)
+    message = reader.string()
+    reader.finish()
+    try:
+        code = ErrorCode(code)
+    except ValueError:
+        pass  # a code from a later version: keep the number
+    return Error(code=code, message=message, first=first)
+
+
+_DECODERS = {
+    Role.SERVER: {
+        FrameType.HELLO: _decode_hello,
+        FrameType.BETS: decode_bets_payload,
+        FrameType.DONE: _decode_empty(Done()),
+        FrameType.WINNERS_QUERY: _decode_empty(WinnersQuery()),
+    },
+    Role.CLIENT: {
+        FrameType.WELCOME: _decode_welcome,
+        FrameType.ACK: _decode_ack,
+        FrameType.DONE_ACK: _decode_empty(DoneAck()),
+        FrameType.WINNERS: _decode_winners,
+        FrameType.ERROR: _decode_error,
+    },
+}
+
+
+class FrameDecoder:
+    """Owns the receive buffer of one direction of a connection and turns it into messages.
+
+    `role` says which side decodes: `Role.SERVER` accepts only client frame types,
+    `Role.CLIENT` only server frame types; a type of the other direction is
+    malformed.
+    """
+
+    def __init__(self, role: Role) -> None:
+        self._decoders = _DECODERS[role]
+        self._buffer = bytearray()
+        self._frame_length: int | None = None  # from the current frame's header, once read
+        self._closed = False
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet handed back as messages."""
+        return len(self._buffer)
+
+    @property
+    def inside_frame(self) -> bool:
+        """True while part of a frame has arrived and the rest has not."""
+        return bool(self._buffer)
+
+    def receive_data(self, data: bytes) -> None:
+        """Adds bytes from the peer; `b""` means the peer closed its side."""
+        if self._error is not None:
+            raise self._error
+        if not data:
+            self._closed = True
+            return
+        if self._closed:
+            raise RuntimeError("receive_data after the peer closed")
+        self._buffer += data
+        self._read_header()
+
+    def next_message(self) -> Message | Sentinel:
+        """The next complete message, NEED_DATA, or PEER_CLOSED; raises ProtocolError."""
+        if self._error is not None:
+            raise self._error
+        length = self._read_header()
+        if length is not None and len(self._buffer) >= 4 + length:
+            frame_type = self._buffer[4]
+            payload = bytes(self._buffer[5 : 4 + length])
+            del self._buffer[: 4 + length]
+            self._frame_length = None
+            decode = self._decoders.get(frame_type)
+            try:
+                if decode is None:
+                    raise _malformed(f"unknown frame type 0x{frame_type:02x}")
+                return decode(payload)
+            except ProtocolError as error:
+                if error.code is ErrorCode.MALFORMED_FRAME:
+                    self._error = error
+                raise
+        if self._closed:
+            if self._buffer:
+                self._fail(_malformed("connection closed in the middle of a frame"))
+            return PEER_CLOSED
+        return NEED_DATA
+
+    def _read_header(self) -> int | None:
+        if self._frame_length is None and len(self._buffer) >= 4:
+            (length,) = _U32.unpack_from(self._buffer, 0)
+            if length == 0 or length > MAX_FRAME_LENGTH:
+                self._fail(_malformed(f"frame length {length} is outside 1..{MAX_FRAME_LENGTH}"))
+            self._frame_length = length
+        return self._frame_length
+
+    def _fail(self, error: ProtocolError) -> None:
+        self._error = error
+        self._buffer.clear()
+        raise error

@@ -1,0 +1,94 @@
+"""Messages out, bytes out: one function per frame type behind `encode(message)`."""
+
+from __future__ import annotations
+
+import struct
+
+from .messages import (
+    MAX_FRAME_LENGTH,
+    U16_MAX,
+    Ack,
+    Bets,
+    Done,
+    DoneAck,
+    Error,
+    FrameType,
+    Hello,
+    Message,
+    Welcome,
+    Winners,
+    WinnersQuery,
+)
+
+_HEADER = struct.Struct(">IB")
+_U16 = struct.Struct(">H")
+
+
+def _string(value: str) -> bytes:
+    raw = value.encode()
+    if len(raw) > U16_MAX:
+        raise ValueError(f"string of {len(raw)} bytes does not fit a u16 length")
+    return _U16.pack(len(raw)) + raw
+
+
+def _frame(frame_type: FrameType, payload: bytes) -> bytes:
+    if len(payload) + 1 > MAX_FRAME_LENGTH:
+        raise ValueError(f"{frame_type.name} frame of {len(payload) + 5} bytes exceeds 8192")
+    return _HEADER.pack(len(payload) + 1, frame_type) + payload
+
+
+def encode_bet(bet) -> bytes:
+    """One bet as it stands inside a BETS payload."""
+    return b"".join(
+        (
+            _string(bet.first_name),
+            _string(bet.last_name),
+            _string(bet.document),
+            _string(bet.birthdate),
+            _U16.pack(bet.number),
+        )
+    )
+
+
+def _hello(m: Hello) -> bytes:
+    return _frame(FrameType.HELLO, struct.pack(">HI", m.version, m.agency) + _string(m.token))
+
+
+def _bets(m: Bets) -> bytes:
+    head = struct.pack(">IH", m.first, len(m.bets))
+    return _frame(FrameType.BETS, head + b"".join(map(encode_bet, m.bets)))
+
+
+def _welcome(m: Welcome) -> bytes:
+    flags = (1 if m.agency_done else 0) | (2 if m.draw_done else 0)
+    return _frame(FrameType.WELCOME, struct.pack(">IB", m.committed, flags))
+
+
+def _winners(m: Winners) -> bytes:
+    head = struct.pack(">BH", 1 if m.final else 0, len(m.documents))
+    return _frame(FrameType.WINNERS, head + b"".join(map(_string, m.documents)))
+
+
+def _error(m: Error) -> bytes:
+    return _frame(FrameType.ERROR, struct.pack(">HI", m.code, m.first) + _string(m.message))
+
+
+_ENCODERS = {
+    Hello: _hello,
+    Bets: _bets,
+    Done: lambda m: _frame(FrameType.DONE, b""),
+    WinnersQuery: lambda m: _frame(FrameType.WINNERS_QUERY, b""),
+    Welcome: _welcome,
+    Ack: lambda m: _frame(FrameType.ACK, struct.pack(">IH", m.first, m.count)),
+    DoneAck: lambda m: _frame(FrameType.DONE_ACK, b""),
+    Winners: _winners,
+    Error: _error,
+}
+
+
+def encode(message: Message) -> bytes:
+    """The frame of `message`; ValueError when a field does not fit the wire format."""
+    try:
+        return _ENCODERS[type(message)](message)
+    except struct.error as error:
+        raise ValueError(f"{type(message).__name__}: {error}") from None

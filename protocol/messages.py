@@ -1,0 +1,181 @@
+"""The messages of the Lottery Bet Protocol, version 1, as small immutable types.
+
+One type per frame type of docs/PROTOCOL.md. They carry values only: encoding lives
+in `protocol.encoder`, decoding in `protocol.decoder`, bet rules in
+`protocol.validation`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NamedTuple, Union
+
+PROTOCOL_VERSION = 1
+
+HEADER_SIZE = 4
+MAX_FRAME_SIZE = 8192
+MAX_FRAME_LENGTH = MAX_FRAME_SIZE - HEADER_SIZE  # `len` counts the type byte and the payload
+
+U16_MAX = 0xFFFF
+U32_MAX = 0xFFFF_FFFF
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 0x01
+    BETS = 0x02
+    DONE = 0x03
+    WINNERS_QUERY = 0x04
+    WELCOME = 0x81
+    ACK = 0x82
+    DONE_ACK = 0x83
+    WINNERS = 0x84
+    ERROR = 0xFF
+
+
+class ErrorCode(enum.IntEnum):
+    MALFORMED_FRAME = 1
+    HELLO_REQUIRED = 2
+    UNSUPPORTED_VERSION = 3
+    UNAUTHORIZED = 4
+    INVALID_BET = 5
+    SEQUENCE_GAP = 6
+    AGENCY_CLOSED = 7
+    NOT_DONE = 8
+    SHUTTING_DOWN = 9
+    SESSION_REPLACED = 10
+    SERVER_BUSY = 11
+    STORAGE_FAILED = 12
+    TIMEOUT = 13
+
+    @property
+    def fatal(self) -> bool:
+        """After a fatal error the server flushes the ERROR frame and closes."""
+        return self not in _NON_FATAL
+
+
+_NON_FATAL = frozenset(
+    {
+        ErrorCode.INVALID_BET,
+        ErrorCode.SEQUENCE_GAP,
+        ErrorCode.AGENCY_CLOSED,
+        ErrorCode.NOT_DONE,
+        ErrorCode.STORAGE_FAILED,
+    }
+)
+
+
+class Bet(NamedTuple):
+    """One bet as an agency wrote it: strings as read, number as an int."""
+
+    first_name: str
+    last_name: str
+    document: str
+    birthdate: str
+    number: int
+
+
+# --- client to server -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Opens a session: protocol version, agency number and (maybe empty) token."""
+
+    agency: int
+    token: str = ""
+    version: int = PROTOCOL_VERSION
+
+    def __repr__(self) -> str:  # tokens never reach logs
+        return f"Hello(agency={self.agency}, version={self.version}, token={'***' if self.token else ''!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Bets:
+    """A batch: bets numbered `first` to `first + len(bets) - 1` of one agency."""
+
+    first: int
+    bets: tuple[Bet, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.bets)
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.bets) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The agency will send no more bets."""
+
+
+@dataclass(frozen=True, slots=True)
+class WinnersQuery:
+    """Asks for the agency's winners; answered only after the draw."""
+
+
+# --- server to client -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Answers HELLO: how many of the agency's bets are stored, and the session's flags."""
+
+    committed: int
+    agency_done: bool = False
+    draw_done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A batch is durably stored (or was already)."""
+
+    first: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DoneAck:
+    """DONE is durably recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Winners:
+    """A slice of the agency's winning documents; `final` marks the last slice."""
+
+    documents: tuple[str, ...]
+    final: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A protocol error; `first` names the BETS frame it refers to, else 0.
+
+    `code` is an ErrorCode when the code is one this version knows, else the raw int.
+    """
+
+    code: int
+    message: str = ""
+    first: int = 0
+
+
+ClientMessage = Union[Hello, Bets, Done, WinnersQuery]
+ServerMessage = Union[Welcome, Ack, DoneAck, Winners, Error]
+Message = Union[ClientMessage, ServerMessage]
+
+
+def bet_wire_size(bet: Bet) -> int:
+    """Bytes the bet takes inside a BETS payload: four u16-prefixed strings and a u16."""
+    return (
+        10
+        + len(bet.first_name.encode())
+        + len(bet.last_name.encode())
+        + len(bet.document.encode())
+        + len(bet.birthdate.encode())
+    )
+
+
+# Bytes of a BETS frame around its bets: header, type, `first` and `count`.
+BETS_FRAME_OVERHEAD = HEADER_SIZE + 1 + 4 + 2

@@ -1,0 +1,93 @@
+"""The bet rules of PROTOCOL.md, in one place: the server and the client both call them.
+
+A bet is valid when
+- first_name and last_name have 1 to 64 code points and no control character
+  (Unicode category Cc: U+0000-U+001F, U+007F-U+009F);
+- document is 1 to 16 ASCII digits;
+- birthdate is a real calendar date written YYYY-MM-DD, from 1900-01-01 to today (UTC);
+- number is 0 to 9999.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Iterable
+
+from .messages import Bet
+
+MAX_NAME_LENGTH = 64
+MAX_DOCUMENT_LENGTH = 16
+MAX_NUMBER = 9999
+EARLIEST_BIRTHDATE = "1900-01-01"
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_DATE_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class BetProblem:
+    """Why a bet is invalid: its 0-based index in its batch, the field and the reason."""
+
+    index: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"bet {self.index}: {self.field}: {self.reason}"
+
+
+def utc_today() -> date:
+    """The server's "today": the current date in UTC."""
+    return datetime.now(timezone.utc).date()
+
+
+def _name_problem(value: str) -> str | None:
+    if not 1 <= len(value) <= MAX_NAME_LENGTH:
+        return f"must have 1 to {MAX_NAME_LENGTH} characters, has {len(value)}"
+    # isprintable() is a fast C scan that is True for no string holding a Cc
+    # character; only when it says no do we look for the exact category.
+    if not value.isprintable():
+        match = _CONTROL.search(value)
+        if match:
+            return f"contains the control character U+{ord(match.group()):04X}"
+    return None
+
+
+def bet_problem(bet: Bet, today_iso: str) -> tuple[str, str] | None:
+    """(field, reason) for the first rule `bet` breaks, or None when it is valid.
+
+    `today_iso` is today's date as YYYY-MM-DD (see `utc_today`).
+    """
+    first_name, last_name, document, birthdate, number = bet
+    reason = _name_problem(first_name)
+    if reason:
+        return "first_name", reason
+    reason = _name_problem(last_name)
+    if reason:
+        return "last_name", reason
+    if not (1 <= len(document) <= MAX_DOCUMENT_LENGTH and document.isascii() and document.isdigit()):
+        return "document", f"must be 1 to {MAX_DOCUMENT_LENGTH} ASCII digits, is {document!r}"
+    if not (EARLIEST_BIRTHDATE <= birthdate <= today_iso and _DATE_SHAPE.match(birthdate)):
+        # YYYY-MM-DD strings order like their dates, so the range test is a string compare.
+        if not _DATE_SHAPE.match(birthdate):
+            return "birthdate", f"must be a date written YYYY-MM-DD, is {birthdate!r}"
+        return "birthdate", f"must be from {EARLIEST_BIRTHDATE} to {today_iso}, is {birthdate}"
+    try:
+        date.fromisoformat(birthdate)
+    except ValueError:
+        return "birthdate", f"is not a calendar date: {birthdate}"
+    if not 0 <= number <= MAX_NUMBER:
+        return "number", f"must be 0 to {MAX_NUMBER}, is {number}"
+    return None
+
+
+def first_invalid_bet(bets: Iterable[Bet], today: date | None = None) -> BetProblem | None:
+    """The first invalid bet of a batch, or None when every bet is valid."""
+    today_iso = (today or utc_today()).isoformat()
+    for index, bet in enumerate(bets):
+        problem = bet_problem(bet, today_iso)
+        if problem:
+            return BetProblem(index, *problem)
+    return None

@@ -1,0 +1,17 @@
+"""Shared test set-up: hypothesis profiles, and the path to the real data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+
+# `ci` keeps the suite fast on a 2-core machine; `dev` is the default locally;
+# `long` is for `make test-long`. Choose with HYPOTHESIS_PROFILE.
+settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+SHARED_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "dataset.zip"
