@@ -1,0 +1,9 @@
+"""The agency client: reads an agency file and runs its lottery against the central.
+
+`Agency` is the library the tests and benchmarks use; `python -m client` the program.
+"""
+
+from .agency import Agency, AgencyConfig, AgencyFailed, AgencyResult
+from .rows import BetFile, InvalidRow, RowProblem
+
+__all__ = ["Agency", "AgencyConfig", "AgencyFailed", "AgencyResult", "BetFile", "InvalidRow", "RowProblem"]

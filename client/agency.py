@@ -1,0 +1,296 @@
+"""The agency: sends its bets to the central, says DONE, and asks for its winners.
+
+Theory of operation. One `Agency.run()` is a whole lottery for one agency:
+1. connect (one TCP connection, TLS optional), HELLO, read WELCOME's `committed`;
+2. read the file from bet `committed + 1` and send it in batches cut by the
+   protocol's packer, keeping up to `window` batches unacknowledged; every ACK must
+   match the oldest batch in flight;
+3. DONE, wait for DONE_ACK, WINNERS_QUERY, and read WINNERS frames up to `final`.
+A lost connection, a refused connect, or an answer that says "retry later"
+(STORAGE_FAILED, SHUTTING_DOWN, SERVER_BUSY, TIMEOUT) starts the session again
+after a capped, jittered exponential backoff: the new WELCOME says where to resume,
+so every bet is sent and stored exactly once whatever batch size ran before.
+
+The socket is blocking with timeouts. The client never deadlocks with the server's
+backpressure: at most `window` ACKs (11 bytes each) are ever unread, far below the
+server's read-pause mark.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import time
+from collections import deque
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from protocol import (
+    NEED_DATA,
+    PEER_CLOSED,
+    Ack,
+    Bet,
+    Bets,
+    Done,
+    DoneAck,
+    Error,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    ProtocolError,
+    Role,
+    Welcome,
+    Winners,
+    WinnersQuery,
+    encode,
+    pack_batches,
+)
+from runtime.logfmt import log_event
+
+from .rows import BetFile
+
+log = logging.getLogger(__name__)
+
+# Errors after which a new session may succeed.
+RETRYABLE = frozenset(
+    {ErrorCode.STORAGE_FAILED, ErrorCode.SHUTTING_DOWN, ErrorCode.SERVER_BUSY, ErrorCode.TIMEOUT}
+)
+PROGRESS_EVERY = 5.0  # seconds between progress lines
+
+
+class SessionLost(Exception):
+    """The session ended in a way a new session can recover from."""
+
+
+class AgencyFailed(Exception):
+    """The agency cannot finish: the server refused it, or every attempt failed."""
+
+
+@dataclass
+class AgencyConfig:
+    """Everything one agency run needs; defaults are the CLI's."""
+
+    agency: int
+    host: str = "server"
+    port: int = 12345
+    max_amount: int = 120
+    window: int = 8
+    token: str = ""
+    retries: int = 10  # new sessions after the first, before giving up
+    connect_timeout: float = 5.0
+    io_timeout: float = 30.0  # waiting for an ACK or DONE_ACK
+    winners_timeout: float | None = None  # None: wait for the draw as long as it takes
+    backoff_base: float = 0.2
+    backoff_cap: float = 10.0
+    tls: bool = False
+    tls_ca: str | None = None
+    server_name: str | None = None
+
+
+@dataclass
+class AgencyResult:
+    winners: list[str]
+    sent: int  # bets sent and acknowledged in this run (resends excluded)
+    total: int  # the agency's bets stored at the central
+    skipped: int
+    elapsed: float
+    sessions: int
+
+
+@dataclass
+class _Flight:
+    first: int
+    count: int
+    sent_at: float
+
+
+@dataclass
+class _Progress:
+    started: float = field(default_factory=time.monotonic)
+    sent: int = 0
+    last_report: float = field(default_factory=time.monotonic)
+
+
+class Agency:
+    """Owns one agency's run: its bet source, its sessions, retries and progress.
+
+    `bets(skip)` yields the agency's valid bets after the first `skip` (a BetFile's
+    `bets`, or any generator for benchmarks). `on_ack(first, count, latency)` is
+    called for every ACK, e.g. to track acknowledged bets or ACK latency.
+    """
+
+    def __init__(
+        self,
+        config: AgencyConfig,
+        bets: Callable[[int], Iterator[Bet]],
+        on_ack: Callable[[int, int, float], None] | None = None,
+        size_hint: int | None = None,
+        skipped: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.config = config
+        self._bets = bets
+        self._on_ack = on_ack
+        self._size_hint = size_hint
+        self._skipped = skipped
+        self._progress = _Progress()
+        self._sock: socket.socket | None = None
+        self._decoder: FrameDecoder | None = None
+        self._committed = 0
+
+    @classmethod
+    def from_file(cls, config: AgencyConfig, bet_file: BetFile, **kwargs) -> "Agency":
+        return cls(config, bet_file.bets, skipped=lambda: bet_file.skipped, **kwargs)
+
+    # --- the run -------------------------------------------------------------------
+    def run(self) -> AgencyResult:
+        attempt = 0
+        while True:
+            try:
+                winners = self._session()
+                break
+            except SessionLost as lost:
+                attempt += 1
+                if attempt > self.config.retries:
+                    log_event(log, logging.ERROR, "conexion", "fail", agency=self.config.agency,
+                              attempts=attempt, reason=lost)
+                    raise AgencyFailed(f"gave up after {attempt} attempts: {lost}") from None
+                delay = min(self.config.backoff_cap, self.config.backoff_base * 2 ** (attempt - 1))
+                delay = random.uniform(delay / 2, delay)  # jitter: agencies do not retry in step
+                log_event(log, logging.INFO, "conexion", "in_progress", agency=self.config.agency,
+                          attempt=attempt, retry_in_s=f"{delay:.2f}", reason=lost)
+                time.sleep(delay)
+            finally:
+                self._close()
+        elapsed = time.monotonic() - self._progress.started
+        result = AgencyResult(winners, self._progress.sent, self._committed, self._skipped(), elapsed, attempt + 1)
+        log_event(log, logging.INFO, "consulta_ganadores", "success", cant_ganadores=len(winners))
+        return result
+
+    def _session(self) -> list[str]:
+        self._connect()
+        welcome = self._expect(Welcome, self.config.io_timeout)
+        self._committed = welcome.committed
+        log_event(log, logging.DEBUG, "hello", "success", agency=self.config.agency, committed=welcome.committed)
+        self._send_bets(welcome.committed)
+        self._send(encode(Done()))
+        self._expect(DoneAck, self.config.io_timeout)
+        self._send(encode(WinnersQuery()))
+        documents: list[str] = []
+        while True:
+            frame = self._expect(Winners, self.config.winners_timeout)
+            documents.extend(frame.documents)
+            if frame.final:
+                return documents
+
+    def _send_bets(self, committed: int) -> None:
+        first = committed + 1
+        in_flight: deque[_Flight] = deque()
+        with closing(self._bets(committed)) as bets:  # the file closes here, whatever happens
+            for batch in pack_batches(bets, self.config.max_amount):
+                if len(in_flight) >= self.config.window:
+                    self._acknowledge(in_flight.popleft())
+                self._send(encode(Bets(first, tuple(batch))))
+                log_event(log, logging.DEBUG, "apuesta_enviada", "success", cantidad=len(batch))
+                in_flight.append(_Flight(first, len(batch), time.monotonic()))
+                first += len(batch)
+        while in_flight:
+            self._acknowledge(in_flight.popleft())
+
+    def _acknowledge(self, flight: _Flight) -> None:
+        ack = self._expect(Ack, self.config.io_timeout)
+        if (ack.first, ack.count) != (flight.first, flight.count):
+            raise AgencyFailed(f"ACK({ack.first}, {ack.count}) does not match batch ({flight.first}, {flight.count})")
+        new = flight.first + flight.count - 1 - self._committed
+        if new > 0:
+            self._committed += new
+            self._progress.sent += new
+        if self._on_ack is not None:
+            self._on_ack(flight.first, flight.count, time.monotonic() - flight.sent_at)
+        self._report_progress()
+
+    def _report_progress(self) -> None:
+        progress = self._progress
+        now = time.monotonic()
+        if now - progress.last_report < PROGRESS_EVERY:
+            return
+        progress.last_report = now
+        fields = {"enviadas": self._committed}
+        if self._size_hint:
+            fields["total"] = self._size_hint
+        fields["apuestas_por_segundo"] = round(progress.sent / max(now - progress.started, 1e-9))
+        log_event(log, logging.INFO, "progreso", "in_progress", **fields)
+
+    # --- the wire ------------------------------------------------------------------
+    def _connect(self) -> None:
+        config = self.config
+        try:
+            sock = socket.create_connection((config.host, config.port), timeout=config.connect_timeout)
+        except OSError as error:
+            raise SessionLost(f"connect to {config.host}:{config.port} failed: {error}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if config.tls:
+            context = ssl.create_default_context(cafile=config.tls_ca)
+            try:
+                sock = context.wrap_socket(sock, server_hostname=config.server_name or config.host)
+            except (OSError, ssl.SSLError) as error:
+                sock.close()
+                if isinstance(error, ssl.SSLCertVerificationError):
+                    raise AgencyFailed(f"TLS: {error.verify_message}") from None
+                raise SessionLost(f"TLS handshake failed: {error}") from None
+        self._sock = sock
+        self._decoder = FrameDecoder(Role.CLIENT)
+        log_event(log, logging.DEBUG, "connect", "success", server=f"{config.host}:{config.port}")
+        self._send(encode(Hello(agency=config.agency, token=config.token)))
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._sock.settimeout(self.config.io_timeout)
+            self._sock.sendall(data)
+        except OSError as error:
+            raise SessionLost(f"connection lost while sending: {error}") from None
+
+    def _expect(self, kind: type, timeout: float | None):
+        """The next server message, which must be a `kind`; errors become exceptions."""
+        message = self._next_message(timeout)
+        if isinstance(message, kind):
+            return message
+        if isinstance(message, Error):
+            code = message.code
+            where = f" (batch {message.first})" if message.first else ""
+            text = f"server answered {getattr(code, 'name', code)}{where}: {message.message}"
+            if code in RETRYABLE:
+                raise SessionLost(text)
+            if code is ErrorCode.SEQUENCE_GAP:
+                raise SessionLost(text)  # resynchronise from WELCOME
+            raise AgencyFailed(text)
+        raise AgencyFailed(f"expected {kind.__name__}, server sent {message!r}")
+
+    def _next_message(self, timeout: float | None):
+        decoder = self._decoder
+        try:
+            while True:
+                message = decoder.next_message()
+                if message is PEER_CLOSED:
+                    raise SessionLost("the server closed the connection")
+                if message is not NEED_DATA:
+                    return message
+                self._sock.settimeout(timeout)
+                data = self._sock.recv(65536)
+                decoder.receive_data(data)
+        except ProtocolError as error:
+            raise AgencyFailed(f"the server broke the protocol: {error}") from None
+        except socket.timeout:
+            raise SessionLost(f"no answer within {timeout} s") from None
+        except OSError as error:
+            raise SessionLost(f"connection lost: {error}") from None
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+                log_event(log, logging.INFO, "close_socket", "success", agency=self.config.agency)

@@ -1,0 +1,239 @@
+"""`python -m reactor`: the lottery central. Also `export` and `stats` on a database.
+
+    python -m reactor [--port 12345 --db ./data/bets.db ...]   serve
+    python -m reactor export --db PATH --csv OUT                 all bets as the course's bets.csv
+    python -m reactor stats --db PATH                            JSON: agencies, totals, the draw
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from runtime.logfmt import configure_logging, log_event
+from runtime.settings import (
+    Option,
+    SettingError,
+    choice,
+    load_settings,
+    log_level,
+    positive_float,
+    positive_int,
+)
+
+from .connection import ConnectionLimits
+from .loop import EventLoop
+from .server import Server
+from .service import RANDOM_WINNING_NUMBER, Lottery, LotteryConfig
+from .store import Store
+
+log = logging.getLogger("reactor")
+
+DESCRIPTION = """The lottery central: takes agencies' bets over the Lottery Bet Protocol,
+stores them durably in SQLite, runs the draw once every agency is done, and answers
+each agency's winners. One thread, one process, a selectors loop.
+
+Other commands (run `python -m reactor export --help`):
+  export --db PATH --csv OUT   write every bet as agency,first_name,last_name,document,birthdate,number
+  stats --db PATH              print agencies, totals and the draw as JSON"""
+
+
+def winning_number(text: str) -> int:
+    if text.strip().lower() == "random":
+        return RANDOM_WINNING_NUMBER
+    value = int(text)
+    if not 0 <= value <= 9999:
+        raise ValueError("must be 0 to 9999, or 'random'")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be 0 to 65535")
+    return value
+
+
+OPTIONS = [
+    Option("host", "SERVER_HOST", "server", "host", "0.0.0.0", str, "address to listen on"),
+    Option("port", "SERVER_PORT", "server", "port", 12345, port_number, "TCP port (0 picks a free one)"),
+    Option("db", "SERVER_DB", "server", "db", "./data/bets.db", str, "SQLite database file"),
+    Option("agencies", "SERVER_AGENCIES", "lottery", "agencies", 5, positive_int,
+           "number of agencies expected (1..N); the draw waits for all of them"),
+    Option("durability", "SERVER_DURABILITY", "server", "durability", "full", choice("full", "normal", "off"),
+           "full: on disk before the ACK; normal: safe from a process crash; off: no fsync"),
+    Option("winning_number", "SERVER_WINNING_NUMBER", "lottery", "winning_number", 7574, winning_number,
+           "winning number 0..9999, or 'random' to draw one with the secrets module"),
+    Option("max_connections", "SERVER_MAX_CONNECTIONS", "server", "max_connections", 20000, positive_int,
+           "connections served at once; above it a peer gets SERVER_BUSY"),
+    Option("handshake_timeout", "SERVER_HANDSHAKE_TIMEOUT", "server", "handshake_timeout", 10.0, positive_float,
+           "seconds a new connection has to send HELLO"),
+    Option("idle_timeout", "SERVER_IDLE_TIMEOUT", "server", "idle_timeout", 60.0, positive_float,
+           "seconds without progress before an idle session is closed (not while a query is held)"),
+    Option("frame_timeout", "SERVER_FRAME_TIMEOUT", "server", "frame_timeout", 10.0, positive_float,
+           "seconds a started frame has to finish"),
+    Option("drain_timeout", "SERVER_DRAIN_TIMEOUT", "server", "drain_timeout", 5.0, positive_float,
+           "seconds SIGTERM/SIGINT waits for sessions to get their answers before aborting them"),
+    Option("tokens", "SERVER_TOKENS_FILE", "server", "tokens", None, str,
+           "file of agency=token lines; when set, HELLO must carry the agency's token"),
+    Option("tls_cert", "SERVER_TLS_CERT", "tls", "cert", None, str, "PEM certificate: serve TLS"),
+    Option("tls_key", "SERVER_TLS_KEY", "tls", "key", None, str, "PEM private key for --tls-cert"),
+    Option("log_level", "LOGGING_LEVEL", "log", "level", "INFO", log_level, "DEBUG, INFO, WARNING or ERROR"),
+]
+
+
+def read_tokens(path: str) -> dict[int, str]:
+    tokens = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise SettingError(f"tokens file {path}: {error.strerror}") from None
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        agency, sep, token = line.partition("=")
+        if not sep or not agency.strip().isdigit() or not token.strip():
+            raise SettingError(f"tokens file {path}:{number}: expected agency=token")
+        tokens[int(agency)] = token.strip()
+    return tokens
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None:
+        raise SettingError("--tls-key needs --tls-cert")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        raise SettingError(f"TLS certificate {cert}: {error}") from None
+    return context
+
+
+def serve(argv: Sequence[str] | None = None) -> int:
+    settings = load_settings("python -m reactor", DESCRIPTION, OPTIONS, "SERVER_CONFIG", argv)
+    configure_logging(settings.log_level)
+    try:
+        tokens = read_tokens(settings.tokens) if settings.tokens else {}
+        tls = tls_context(settings.tls_cert, settings.tls_key)
+        limits = ConnectionLimits(
+            handshake_timeout=settings.handshake_timeout,
+            idle_timeout=settings.idle_timeout,
+            frame_timeout=settings.frame_timeout,
+        )
+    except SettingError as error:
+        print(f"python -m reactor: error: {error}", file=sys.stderr)
+        return 2
+
+    loop = EventLoop()
+    try:
+        store = Store(settings.db, settings.durability)
+    except Exception as error:  # sqlite3.Error, OSError: the database cannot be opened
+        log_event(log, logging.ERROR, "open_database", "fail", db=settings.db, error=error)
+        return 1
+    lottery = Lottery(store, LotteryConfig(settings.agencies, settings.winning_number, tokens), loop)
+    try:
+        server = Server(
+            loop, lottery, settings.host, settings.port, limits,
+            settings.max_connections, settings.drain_timeout, tls,
+        )
+    except OSError as error:
+        log_event(log, logging.ERROR, "accept_connections", "fail", port=settings.port, error=error.strerror)
+        store.close()
+        return 1
+
+    def on_signal(signum: int) -> None:
+        log_event(log, logging.INFO, "signal", "success", signal=signal.Signals(signum).name)
+        server.drain()
+
+    loop.add_signal_handler(signal.SIGTERM, on_signal)
+    loop.add_signal_handler(signal.SIGINT, on_signal)
+    try:
+        loop.run()
+    finally:
+        lottery.end_of_turn()  # anything staged in the last turn is committed before closing
+        log_event(
+            log, logging.INFO, "loop_stats", "success",
+            turns=loop.turns,
+            longest_turn_ms=f"{loop.longest_turn * 1000:.1f}",
+            commits=store.commits,
+            longest_commit_ms=f"{store.longest_commit * 1000:.1f}",
+            connections_accepted=server.accepted,
+        )
+        loop.close()
+        store.close()
+        log_event(log, logging.INFO, "close_database", "success", db=settings.db)
+    return 0
+
+
+def export(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reactor export", description="Write every bet in arrival "
+                                     "order as the course's bets.csv: agency,first_name,last_name,document,birthdate,number.")
+    parser.add_argument("--db", required=True, help="SQLite database of the central")
+    parser.add_argument("--csv", required=True, help="output file ('-' for stdout)")
+    args = parser.parse_args(argv)
+    store = _open_existing(args.db, parser)
+    out = sys.stdout if args.csv == "-" else open(args.csv, "w", newline="", encoding="utf-8")
+    try:
+        writer = csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        writer.writerows(store.iter_bets())
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        store.close()
+    return 0
+
+
+def stats(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reactor stats", description="Print the central's state as JSON.")
+    parser.add_argument("--db", required=True, help="SQLite database of the central")
+    args = parser.parse_args(argv)
+    store = _open_existing(args.db, parser)
+    try:
+        draw = store.draw()
+        winners = store.winners() if draw and draw.finished else {}
+        report = {
+            "agencies": {
+                str(n): {"committed": s.committed, "done": s.done, "winners": len(winners.get(n, []))}
+                for n, s in sorted(store.agencies().items())
+            },
+            "total_bets": store.total_bets(),
+            "draw": None if draw is None else {
+                "winning_number": draw.winning_number,
+                "drawn_at": draw.drawn_at,
+                "finished": draw.finished,
+                "winners": sum(map(len, winners.values())),
+            },
+        }
+    finally:
+        store.close()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _open_existing(path: str, parser: argparse.ArgumentParser) -> Store:
+    if not Path(path).exists():
+        parser.exit(2, f"{parser.prog}: error: database {path} does not exist\n")
+    return Store(path, durability="normal")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "export":
+        return export(argv[1:])
+    if argv and argv[0] == "stats":
+        return stats(argv[1:])
+    return serve(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

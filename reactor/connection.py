@@ -1,0 +1,393 @@
+"""One peer's transport: its socket, receive decoder, send buffer and deadlines.
+
+Theory of operation (after asyncio's `_SelectorSocketTransport`).
+
+Input: the socket is read in large chunks into a `FrameDecoder`, and decoded
+messages go one at a time to the handler (the lottery session). Reading stops
+while either of two reasons holds: *flow* (more than `high_water` bytes are
+waiting to be sent; reading resumes below `low_water`) or *hold* (the handler asked
+for it, e.g. while a WINNERS_QUERY waits for the draw). Messages already buffered
+are not handed over while reading is stopped, so a held connection really reads
+nothing more. A protocol violation stops input and goes to the handler, which
+answers with an ERROR in order and then closes.
+
+Output: `write()` tries `send` at once; what the kernel does not take waits in a
+queue (the unsent tail as a memoryview) and EVENT_WRITE is watched only while that
+queue is not empty.
+
+Deadlines: one lazily re-armed timer per connection covers three rules: the first
+frame must arrive within `handshake_timeout`; a frame once started must finish
+within `frame_timeout`; and without progress (a frame in, or bytes out) for
+`idle_timeout` the peer is idle, except while the handler holds it. An expiry goes
+to the handler as `timed_out()`.
+
+Ending: `close()` stops reading, flushes, then closes (aborting if the flush does
+not finish within `linger`); `abort()` drops everything now. When the peer
+half-closes, the handler is told (`eof_received`) after every message that
+arrived before it, and decides when its answers are complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from protocol import NEED_DATA, PEER_CLOSED, FrameDecoder, Message, ProtocolError, Role
+
+log = logging.getLogger(__name__)
+
+RECV_SIZE = 256 * 1024
+_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Deadlines (seconds) and send-buffer water marks (bytes) of every connection."""
+
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    frame_timeout: float = 10.0
+    linger: float = 5.0
+    high_water: int = 64 * 1024
+    low_water: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        # Below one frame a paused connection might never resume (python/asyncio#99).
+        if self.high_water <= 8192 or not 0 <= self.low_water < self.high_water:
+            raise ValueError("need 8192 < high_water and 0 <= low_water < high_water")
+
+
+class Handler(Protocol):
+    """What a connection tells the layer above it (the lottery session)."""
+
+    def message_received(self, message: Message) -> None: ...
+    def protocol_error(self, error: ProtocolError) -> None: ...
+    def eof_received(self) -> None: ...
+    def timed_out(self, what: str) -> None: ...
+    def connection_lost(self, reason: str) -> None: ...
+
+
+class Connection:
+    """Owns one peer's socket, its receive decoder, its send queue, its deadlines
+    and its way of ending. Knows frames, not lotteries."""
+
+    def __init__(
+        self,
+        loop,
+        sock: socket.socket,
+        peer: str,
+        limits: ConnectionLimits,
+        on_closed: Callable[["Connection"], None],
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.peer = peer
+        self.limits = limits
+        self.handler: Handler | None = None
+        self._on_closed = on_closed
+        self._decoder = FrameDecoder(Role.SERVER)
+        self._out: deque[memoryview | bytes] = deque()
+        self._out_size = 0
+        self._paused_flow = False
+        self._paused_hold = False
+        self._input_done = False  # EOF seen, protocol error, or closing
+        self._closing = False
+        self._closed = False
+        self._interest = 0
+        self._tls_handshaking = isinstance(sock, ssl.SSLSocket)
+        self._tls_wants_write = False
+        self._handshake_done = False
+        self._last_progress = loop.time()
+        self._frame_started: float | None = None
+        self._deadline_timer = None
+        self._linger_timer = None
+        self.bytes_in = 0
+
+    def start(self, handler: Handler) -> None:
+        self.handler = handler
+        self._update_interest()
+        self._refresh_deadline()
+
+    # --- what the handler calls -----------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending_output(self) -> int:
+        return self._out_size
+
+    def write(self, data: bytes) -> None:
+        """Queues `data` to send; the one path to the send buffer, so the mark is checked here."""
+        if self._closed or not data:
+            return
+        if not self._out and not self._tls_handshaking:
+            try:
+                sent = self._send(data)
+            except _PEER_GONE as error:
+                self._finish(f"peer gone while sending ({error.__class__.__name__})")
+                return
+            if sent:
+                self._last_progress = self.loop.time()
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size > self.limits.high_water and not self._paused_flow:
+            self._paused_flow = True
+        self._update_interest()
+
+    def hold_reading(self) -> None:
+        """Reads nothing more (buffered messages included) until `release_reading()`."""
+        self._paused_hold = True
+        self._update_interest()
+        self._refresh_deadline()
+
+    def release_reading(self) -> None:
+        if self._paused_hold:
+            self._paused_hold = False
+            self._update_interest()
+            self.loop.call_soon(self._deliver)
+
+    def close(self) -> None:
+        """Stops reading, sends what is queued, then closes."""
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self._input_done = True
+        if not self._out:
+            self._finish("closed by the server")
+            return
+        self._linger_timer = self.loop.call_later(self.limits.linger, self.abort, "send did not drain before close")
+        self._update_interest()
+
+    def abort(self, reason: str = "aborted by the server") -> None:
+        """Closes now, dropping whatever was not sent."""
+        self._finish(reason)
+
+    # --- what the loop calls ---------------------------------------------------------
+    def on_readable(self) -> None:
+        if self._tls_handshaking:
+            self._continue_tls_handshake()
+            return
+        if self._tls_wants_write:  # a TLS write waits for the peer's bytes
+            self.on_writable()
+            if self._closed:
+                return
+        try:
+            data = self._recv()
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            return
+        except ssl.SSLWantWriteError:
+            self._tls_wants_write = True
+            self._update_interest()
+            return
+        except (OSError, ssl.SSLError) as error:
+            self._finish(f"peer gone while reading ({error.__class__.__name__})")
+            return
+        if data:
+            self.bytes_in += len(data)
+        else:
+            self._input_done = True
+        try:
+            self._decoder.receive_data(data)
+        except ProtocolError as error:
+            self._protocol_error(error)
+            return
+        self._deliver()
+
+    def on_writable(self) -> None:
+        if self._tls_handshaking:
+            self._continue_tls_handshake()
+            return
+        self._tls_wants_write = False
+        while self._out:
+            head = self._out[0]
+            if len(self._out) > 1 and len(head) < 65536:
+                head = b"".join(self._out)  # coalesce many small frames into one send
+                self._out.clear()
+                self._out.append(head)
+            try:
+                sent = self._send(head)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                break
+            except ssl.SSLWantReadError:
+                self._tls_wants_write = True
+                break
+            except (OSError, ssl.SSLError) as error:
+                self._finish(f"peer gone while sending ({error.__class__.__name__})")
+                return
+            if sent:
+                self._last_progress = self.loop.time()
+            self._out_size -= sent
+            if sent == len(head):
+                self._out.popleft()
+            else:
+                self._out[0] = memoryview(head)[sent:]
+                break
+        if self._paused_flow and self._out_size <= self.limits.low_water:
+            self._paused_flow = False
+            self.loop.call_soon(self._deliver)
+        if self._closing and not self._out:
+            self._finish("closed by the server")
+            return
+        self._update_interest()
+
+    # --- inside --------------------------------------------------------------------
+    def _deliver(self) -> None:
+        """Hands buffered messages to the handler while nothing stops reading."""
+        while not (self._closed or self._closing or self._paused_hold or self._paused_flow):
+            try:
+                message = self._decoder.next_message()
+            except ProtocolError as error:
+                self._protocol_error(error)
+                return
+            if message is NEED_DATA:
+                break
+            if message is PEER_CLOSED:
+                self._input_done = True
+                self._update_interest()
+                self.handler.eof_received()
+                break
+            self._handshake_done = True
+            self._last_progress = self.loop.time()
+            self.handler.message_received(message)
+        if self._decoder.inside_frame:
+            if self._frame_started is None:
+                self._frame_started = self.loop.time()
+        else:
+            self._frame_started = None
+        self._update_interest()
+        self._refresh_deadline()
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        self._input_done = True
+        self._update_interest()
+        self.handler.protocol_error(error)
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(RECV_SIZE)
+        if isinstance(self.sock, ssl.SSLSocket) and data:
+            # Bytes already decrypted inside the SSL object never wake the selector.
+            chunks = [data]
+            while self.sock.pending():
+                chunks.append(self.sock.recv(self.sock.pending()))
+            data = b"".join(chunks)
+        return data
+
+    def _send(self, data) -> int:
+        try:
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+            return 0
+
+    def _continue_tls_handshake(self) -> None:
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._tls_wants_write = False
+        except ssl.SSLWantWriteError:
+            self._tls_wants_write = True
+        except (OSError, ssl.SSLError) as error:
+            self._finish(f"TLS handshake failed ({error.__class__.__name__})")
+            return
+        else:
+            self._tls_handshaking = False
+            self._tls_wants_write = False
+            if self._out:
+                self.on_writable()
+                if self._closed:
+                    return
+        self._update_interest()
+
+    def _reading(self) -> bool:
+        return not (self._input_done or self._paused_flow or self._paused_hold)
+
+    def _update_interest(self) -> None:
+        if self._closed:
+            return
+        if self._tls_handshaking:
+            wanted = _WRITE if self._tls_wants_write else _READ
+        else:
+            wanted = (_READ if self._reading() or self._tls_wants_write else 0) | (
+                _WRITE if self._out or self._tls_wants_write else 0
+            )
+        if wanted == self._interest:
+            return
+        if not wanted:
+            self.loop.unregister(self.sock)
+        elif not self._interest:
+            self.loop.register(self.sock, wanted, self)
+        else:
+            self.loop.modify(self.sock, wanted, self)
+        self._interest = wanted
+
+    def _deadline(self) -> tuple[float, str] | None:
+        limits = self.limits
+        candidates = []
+        if not self._handshake_done:
+            candidates.append((self._last_progress + limits.handshake_timeout, "handshake"))
+        if self._frame_started is not None:
+            candidates.append((self._frame_started + limits.frame_timeout, "frame"))
+        if self._handshake_done and not self._paused_hold:
+            candidates.append((self._last_progress + limits.idle_timeout, "idle"))
+        return min(candidates) if candidates else None
+
+    def _refresh_deadline(self) -> None:
+        if self._closed or self._closing:
+            return
+        deadline = self._deadline()
+        timer = self._deadline_timer
+        if deadline is None:
+            if timer is not None:
+                timer.cancel()
+                self._deadline_timer = None
+        elif timer is None or timer.when > deadline[0]:
+            if timer is not None:
+                timer.cancel()
+            self._deadline_timer = self.loop.call_at(deadline[0], self._on_deadline)
+        # An earlier timer that fires before the deadline simply re-arms itself.
+
+    def _on_deadline(self) -> None:
+        self._deadline_timer = None
+        if self._closed or self._closing:
+            return
+        deadline = self._deadline()
+        if deadline is not None and deadline[0] <= self.loop.time():
+            self._input_done = True
+            self._update_interest()
+            self.handler.timed_out(deadline[1])
+        else:
+            self._refresh_deadline()
+
+    def _finish(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for timer in (self._deadline_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._interest:
+            self.loop.unregister(self.sock)
+            self._interest = 0
+        self._out.clear()
+        self._out_size = 0
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self._on_closed(self)
+        if self.handler is not None:
+            self.handler.connection_lost(reason)
+
+
+def is_fd_exhaustion(error: OSError) -> bool:
+    return error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)

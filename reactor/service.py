@@ -1,0 +1,453 @@
+"""The lottery: sessions, per-bet sequencing, DONE, the draw, held queries.
+
+Theory of operation. Each connection gets a `Session`, which turns messages into
+work on its `Agency` and queues replies in arrival order in its outbox. Work that
+must be durable before it is answered (a batch, a DONE) is staged in the store's
+open transaction, and its reply waits in the outbox *for the commit*; a reply that
+needs no commit but stands behind a waiting one waits its turn, so the replies of
+a connection leave in the order their requests came.
+
+At the end of every loop turn `Lottery.end_of_turn()` commits once (group commit).
+On success it logs each stored batch, moves every agency's `committed` forward and
+releases the waiting replies; on failure nothing of the turn is stored, every reply
+that waited becomes STORAGE_FAILED, and the agencies fall back to what is durable.
+
+The draw starts as soon as every expected agency's DONE is durable: the winning
+number is fixed and recorded, then the bets are scanned for winners in slices, one
+slice a turn, so ACKs and other sessions keep flowing meanwhile. When the scan is
+committed the draw is logged once and every held WINNERS_QUERY is answered.
+A held query's connection reads nothing more until it is answered.
+
+Per agency: `committed` (durable), `staged` (what this turn adds), DONE, and its one
+live session. Global: the expected agencies, the draw. All of it is rebuilt from
+the store when the server starts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+from protocol import (
+    Ack,
+    Bets,
+    Done,
+    DoneAck,
+    Error,
+    ErrorCode,
+    Hello,
+    Message,
+    ProtocolError,
+    Welcome,
+    WinnersQuery,
+    encode,
+    first_invalid_bet,
+    split_winners,
+    utc_today,
+)
+from runtime.logfmt import log_event
+
+from .store import DrawState, StorageError, Store
+
+log = logging.getLogger(__name__)
+
+RANDOM_WINNING_NUMBER = -1  # "draw it with secrets when the draw happens"
+DRAW_SCAN_SLICE = 100_000  # rowids scanned for winners per loop turn
+
+
+@dataclass
+class Agency:
+    """One agency's progress: durable and staged, its live session, its winners."""
+
+    number: int
+    committed: int = 0
+    staged: int = 0
+    done: bool = False
+    done_staged: bool = False
+    session: "Session | None" = None
+
+
+@dataclass
+class _Reply:
+    data: bytes
+    waits_for_commit: bool = False
+    if_commit_fails: bytes | None = None
+
+
+@dataclass
+class _StagedBatch:
+    agency: Agency
+    stored: int
+
+
+@dataclass
+class LotteryConfig:
+    agencies: int = 5
+    winning_number: int = 7574  # RANDOM_WINNING_NUMBER to draw one with `secrets`
+    tokens: Mapping[int, str] = field(default_factory=dict)
+
+
+class Session:
+    """One connection's conversation: its agency once HELLO is through, its ordered
+    outbox, and whether a WINNERS_QUERY is held. The connection's handler."""
+
+    def __init__(self, lottery: "Lottery", connection) -> None:
+        self.lottery = lottery
+        self.connection = connection
+        self.agency: Agency | None = None
+        self._outbox: deque[_Reply] = deque()
+        self.holds_query = False
+        self._ending = False  # a fatal error is queued: nothing more is read
+        self._peer_finished = False  # the peer half-closed
+        self._gone = False
+
+    # --- from the connection ---------------------------------------------------------
+    def message_received(self, message: Message) -> None:
+        if self._ending:
+            return
+        if self.lottery.draining:
+            self._fatal(ErrorCode.SHUTTING_DOWN, "the server is shutting down; retry later")
+        elif isinstance(message, Hello):
+            if self.agency is None:
+                self._hello(message)
+            else:
+                self._fatal(ErrorCode.HELLO_REQUIRED, "HELLO was already sent on this connection")
+        elif self.agency is None:
+            self._fatal(ErrorCode.HELLO_REQUIRED, "the first frame must be HELLO")
+        elif isinstance(message, Bets):
+            self._bets(message)
+        elif isinstance(message, Done):
+            self._done()
+        elif isinstance(message, WinnersQuery):
+            self._winners_query()
+        else:  # the decoder yields client messages only
+            raise AssertionError(f"unexpected message {message!r}")
+
+    def protocol_error(self, error: ProtocolError) -> None:
+        self._fatal(error.code, error.message, error.first)
+
+    def eof_received(self) -> None:
+        self._peer_finished = True
+        self._close_if_answered()
+
+    def timed_out(self, what: str) -> None:
+        log_event(log, logging.DEBUG, "timeout", "success", peer=self.connection.peer, kind=what)
+        self._fatal(ErrorCode.TIMEOUT, f"{what} deadline passed")
+
+    def connection_lost(self, reason: str) -> None:
+        self._gone = True
+        self.holds_query = False
+        if self.agency is not None and self.agency.session is self:
+            self.agency.session = None
+        self.lottery._session_ended(self)
+        log_event(
+            log,
+            logging.DEBUG,
+            "connection_closed",
+            "success",
+            peer=self.connection.peer,
+            agency=self.agency.number if self.agency else "-",
+            reason=reason,
+        )
+
+    # --- requests ----------------------------------------------------------------
+    def _hello(self, hello: Hello) -> None:
+        lottery = self.lottery
+        agency = lottery.agencies.get(hello.agency)
+        if agency is None:
+            self._fatal(ErrorCode.UNAUTHORIZED, f"agency {hello.agency} is not one of 1..{len(lottery.agencies)}")
+            return
+        expected = lottery.config.tokens.get(hello.agency)
+        if lottery.config.tokens and (
+            expected is None or not hmac.compare_digest(hello.token.encode(), expected.encode())
+        ):
+            self._fatal(ErrorCode.UNAUTHORIZED, f"wrong or missing token for agency {hello.agency}")
+            return
+        older = agency.session
+        if older is not None:
+            older._replaced()
+        agency.session = self
+        self.agency = agency
+        log_event(log, logging.DEBUG, "hello", "success", peer=self.connection.peer, agency=agency.number)
+        self._reply(
+            Welcome(committed=agency.committed, agency_done=agency.done, draw_done=lottery.draw_finished)
+        )
+
+    def _bets(self, batch: Bets) -> None:
+        agency = self.agency
+        problem = first_invalid_bet(batch.bets, self.lottery.today())
+        if problem is not None:
+            self._reject(batch, ErrorCode.INVALID_BET, str(problem))
+            return
+        if batch.first > agency.staged + 1:
+            self._reject(
+                batch, ErrorCode.SEQUENCE_GAP, f"batch starts at bet {batch.first}; next expected is {agency.staged + 1}"
+            )
+            return
+        ack = encode(Ack(batch.first, batch.count))
+        if batch.last <= agency.staged:  # stored before: nothing to store again
+            self._reply_after_commit_of(agency, batch.last, ack, batch.first)
+            self.lottery._note_stored(agency, 0)
+            return
+        if agency.done_staged:
+            self._reject(batch, ErrorCode.AGENCY_CLOSED, "this agency sent DONE; it takes no new bets")
+            return
+        new_bets = batch.bets[agency.staged + 1 - batch.first :]
+        try:
+            self.lottery.store.stage_bets(agency.number, new_bets, batch.last)
+        except StorageError as error:
+            self.lottery._storage_failed(error)
+            self._reject(batch, ErrorCode.STORAGE_FAILED, "the store could not take the batch; retry later")
+            return
+        agency.staged = batch.last
+        self.lottery._note_stored(agency, len(new_bets))
+        self._reply(ack, waits_for_commit=True, if_commit_fails=_storage_failed_frame(batch.first))
+
+    def _done(self) -> None:
+        agency = self.agency
+        if not agency.done_staged:
+            try:
+                self.lottery.store.stage_done(agency.number)
+            except StorageError as error:
+                self.lottery._storage_failed(error)
+                self._reply(_storage_failed_frame(0))
+                return
+            agency.done_staged = True
+        self._reply(
+            encode(DoneAck()),
+            waits_for_commit=not agency.done,
+            if_commit_fails=_storage_failed_frame(0),
+        )
+
+    def _winners_query(self) -> None:
+        agency = self.agency
+        if not agency.done_staged:
+            self._reply(Error(ErrorCode.NOT_DONE, "send DONE before asking for winners"))
+        elif self.lottery.draw_finished:
+            self._send_winners()
+        else:
+            self.holds_query = True
+            self.connection.hold_reading()
+
+    # --- replies -------------------------------------------------------------------
+    def _reply(self, message, waits_for_commit: bool = False, if_commit_fails: bytes | None = None) -> None:
+        data = message if isinstance(message, bytes) else encode(message)
+        if waits_for_commit:
+            self.lottery._waiting.add(self)
+        if not self._outbox and not waits_for_commit:
+            self.connection.write(data)
+            return
+        self._outbox.append(_Reply(data, waits_for_commit, if_commit_fails))
+
+    def _reply_after_commit_of(self, agency: Agency, last: int, data: bytes, first: int) -> None:
+        # A resent batch already staged this turn is durable only once the turn commits.
+        waits = last > agency.committed
+        self._reply(data, waits_for_commit=waits, if_commit_fails=_storage_failed_frame(first) if waits else None)
+
+    def _reject(self, batch: Bets, code: ErrorCode, message: str) -> None:
+        log_event(log, logging.INFO, "apuesta_recibida", "fail", cantidad=batch.count, agency=self.agency.number,
+                  code=code.name)
+        self._reply(Error(code, message, batch.first))
+
+    def _fatal(self, code: ErrorCode, message: str, first: int = 0) -> None:
+        if self._ending or self._gone:
+            return
+        self._ending = True
+        if self.holds_query:
+            self.holds_query = False
+        self.connection.hold_reading()
+        if self.agency is not None and self.agency.session is self:
+            self.agency.session = None
+        level = logging.DEBUG if code in _ORDINARY_ENDINGS else logging.INFO
+        log_event(log, level, "session_error", "in_progress", peer=self.connection.peer, code=code.name)
+        self._reply(Error(code, message, first))
+        self._close_if_answered()
+
+    def _replaced(self) -> None:
+        self._fatal(ErrorCode.SESSION_REPLACED, "a newer session of this agency took over")
+
+    def _send_winners(self) -> None:
+        documents = self.lottery.winners.get(self.agency.number, [])
+        for frame in split_winners(documents):
+            self._reply(frame)
+
+    def _commit_settled(self, committed: bool) -> None:
+        """The turn's commit is over: waiting replies go out, or become their failure."""
+        released = []
+        while self._outbox:
+            reply = self._outbox[0]
+            if reply.waits_for_commit:
+                if not committed and reply.if_commit_fails is not None:
+                    reply.data = reply.if_commit_fails
+                reply.waits_for_commit = False
+            released.append(self._outbox.popleft().data)
+        if released and not self._gone:
+            self.connection.write(b"".join(released))
+        self._close_if_answered()
+
+    def _answer_held_query(self, instead: Error | None = None) -> None:
+        self.holds_query = False
+        if instead is None:
+            self._send_winners()
+        else:
+            self._reply(instead)
+        self.connection.release_reading()
+        self._close_if_answered()
+
+    def _close_if_answered(self) -> None:
+        if self._gone or self._outbox or self.holds_query:
+            return
+        if self._ending or self._peer_finished:
+            self.connection.close()
+
+
+_ORDINARY_ENDINGS = frozenset({ErrorCode.TIMEOUT, ErrorCode.SESSION_REPLACED, ErrorCode.SHUTTING_DOWN})
+
+
+def _storage_failed_frame(first: int) -> bytes:
+    return encode(Error(ErrorCode.STORAGE_FAILED, "the store could not take the request; retry later", first))
+
+
+class Lottery:
+    """Owns the agencies, their sessions, the store's turn-long transaction and the draw."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: LotteryConfig,
+        loop,
+        today=utc_today,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.today = today
+        self._loop = loop  # call_soon / call_later only: the service never touches I/O
+        self.agencies = {n: Agency(n) for n in range(1, config.agencies + 1)}
+        self.sessions: set[Session] = set()
+        self._waiting: set[Session] = set()
+        self._stored_this_turn: list[tuple[Agency, int]] = []
+        self._storage_error: StorageError | None = None
+        self.draw: DrawState | None = None
+        self._draw_staged: DrawState | None = None
+        self._draw_step_scheduled = False
+        self.winners: dict[int, list[str]] | None = None  # known once the draw is finished
+        self.draining = False
+        self._recover()
+
+    @property
+    def draw_finished(self) -> bool:
+        return self.draw is not None and self.draw.finished
+
+    def new_session(self, connection) -> Session:
+        session = Session(self, connection)
+        self.sessions.add(session)
+        return session
+
+    def _session_ended(self, session: Session) -> None:
+        self.sessions.discard(session)
+        self._waiting.discard(session)
+
+    # --- the turn ------------------------------------------------------------------
+    def _note_stored(self, agency: Agency, count: int) -> None:
+        self._stored_this_turn.append((agency, count))
+
+    def _storage_failed(self, error: StorageError) -> None:
+        log_event(log, logging.ERROR, "store", "fail", error=str(error).replace("|", "/"))
+        if error.transaction_lost:
+            self._storage_error = error
+
+    def end_of_turn(self) -> None:
+        """Commits what the turn staged, then releases or fails the replies that waited."""
+        if not (self.store.in_transaction or self._waiting or self._storage_error):
+            return
+        committed = self._storage_error is None
+        if committed:
+            try:
+                self.store.commit()
+            except StorageError as error:
+                self._storage_failed(error)
+                committed = False
+        else:
+            self.store.rollback()  # what was staged after the loss cannot stand alone
+        self._storage_error = None
+        if committed:
+            for agency, count in self._stored_this_turn:
+                log_event(log, logging.INFO, "apuesta_recibida", "success", cantidad=count, agency=agency.number)
+            for agency in self.agencies.values():
+                agency.committed = agency.staged
+                agency.done = agency.done_staged
+            if self._draw_staged is not None:
+                self.draw = self._draw_staged
+        else:
+            for agency in self.agencies.values():
+                agency.staged = agency.committed
+                agency.done_staged = agency.done
+        self._draw_staged = None
+        self._stored_this_turn.clear()
+        waiting, self._waiting = self._waiting, set()
+        for session in waiting:
+            session._commit_settled(committed)
+        if not committed:
+            for session in list(self.sessions):  # a held query whose DONE was lost
+                if session.holds_query and not session.agency.done_staged:
+                    session._answer_held_query(Error(ErrorCode.NOT_DONE, "DONE was not stored; send it again"))
+        if self.draw_finished and self.winners is None:
+            self._announce_draw()
+        self._advance_draw()
+
+    # --- the draw --------------------------------------------------------------------
+    def _advance_draw(self) -> None:
+        """Schedules the draw's next step once every DONE is durable: fix it, then scan."""
+        if self.draining or self._draw_step_scheduled or self.draw_finished:
+            return
+        if self.draw is not None or all(agency.done for agency in self.agencies.values()):
+            self._draw_step_scheduled = True
+            self._loop.call_soon(self._draw_step)
+
+    def _draw_step(self) -> None:
+        """Stages one step of the draw; the turn's commit makes it durable."""
+        self._draw_step_scheduled = False
+        if self.draining:
+            return
+        try:
+            if self.draw is None:
+                number = self.config.winning_number
+                if number == RANDOM_WINNING_NUMBER:
+                    number = secrets.randbelow(10_000)
+                self._draw_staged = self.store.stage_draw(number)
+            else:
+                mark = self.store.stage_winner_scan(self.draw, self.draw.scanned_to, DRAW_SCAN_SLICE)
+                self._draw_staged = replace(self.draw, scanned_to=mark, finished=mark >= self.draw.last_rowid)
+        except StorageError as error:
+            self._storage_failed(error)
+            self._loop.call_later(1.0, self._advance_draw)
+
+    def _announce_draw(self) -> None:
+        self.winners = self.store.winners()
+        log_event(log, logging.INFO, "sorteo", "success", numero_ganador=self.draw.winning_number,
+                  ganadores=sum(map(len, self.winners.values())))
+        for session in list(self.sessions):
+            if session.holds_query:
+                session._answer_held_query()
+
+    # --- start and stop --------------------------------------------------------------
+    def _recover(self) -> None:
+        for number, state in self.store.agencies().items():
+            agency = self.agencies.get(number)
+            if agency is not None:
+                agency.committed = agency.staged = state.committed
+                agency.done = agency.done_staged = state.done
+        self.draw = self.store.draw()
+        if self.draw_finished:
+            self.winners = self.store.winners()  # a finished draw is not announced again
+        self._advance_draw()
+
+    def shutdown(self) -> None:
+        """Draining: every session gets SHUTTING_DOWN after the answers it is owed."""
+        self.draining = True
+        for session in list(self.sessions):
+            session._fatal(ErrorCode.SHUTTING_DOWN, "the server is shutting down; retry later")

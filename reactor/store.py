@@ -1,0 +1,264 @@
+"""The SQLite store: bets in arrival order, per-agency progress, and the draw.
+
+Theory of operation. The loop stages work into one open transaction during a turn
+(`stage_bets`, `stage_done`), each piece under its own savepoint so a piece that
+fails leaves the others staged, and `commit()` ends the transaction once per turn
+(group commit). Nothing staged is visible as `committed` until commit returns.
+
+Bets carry no per-bet index: inserts append to the table's rowid B-tree, which
+keeps ingest near SQLite's ceiling. A bet's number within its agency is its rank
+among that agency's rows, and `agencies.committed` counts them. The draw scans the
+table once, by rowid slices (`scan_winners`), so the caller can spread it over
+loop turns; its winners go to a small table, and the draw row remembers how far
+the scan got, so a restart resumes it.
+
+Durability: `full` is synchronous=FULL (a commit is on disk when it returns),
+`normal` survives a process crash but may lose the last commits on power loss,
+`off` hands writes to the OS without syncing (process crash safe in WAL mode;
+power loss may lose or corrupt recent commits).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bets (
+    agency     INTEGER NOT NULL,
+    first_name TEXT NOT NULL,
+    last_name  TEXT NOT NULL,
+    document   TEXT NOT NULL,
+    birthdate  TEXT NOT NULL,
+    number     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agencies (
+    agency    INTEGER PRIMARY KEY,
+    committed INTEGER NOT NULL DEFAULT 0,
+    done      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS draw (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    winning_number INTEGER NOT NULL,
+    drawn_at       TEXT NOT NULL,
+    scanned_to     INTEGER NOT NULL DEFAULT 0,
+    last_rowid     INTEGER NOT NULL,
+    finished       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS winners (
+    bet_rowid INTEGER PRIMARY KEY,
+    agency    INTEGER NOT NULL,
+    document  TEXT NOT NULL
+);
+"""
+
+
+class StorageError(Exception):
+    """The store could not take a piece of work; nothing of it was stored.
+
+    `transaction_lost` is True when SQLite abandoned the whole open transaction,
+    so every piece staged before it in the turn is gone too.
+    """
+
+    def __init__(self, message: str, transaction_lost: bool = False) -> None:
+        super().__init__(message)
+        self.transaction_lost = transaction_lost
+
+
+@dataclass(frozen=True)
+class AgencyState:
+    committed: int
+    done: bool
+
+
+@dataclass(frozen=True)
+class DrawState:
+    winning_number: int
+    drawn_at: str
+    scanned_to: int
+    last_rowid: int
+    finished: bool
+
+
+class Store:
+    """Owns the SQLite connection, its one open transaction, and the schema."""
+
+    def __init__(self, path: str | Path, durability: str = "full", slow_commit_warning: float = 0.05) -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.durability = durability
+        self.slow_commit_warning = slow_commit_warning
+        self._db = sqlite3.connect(self.path, isolation_level=None, cached_statements=512)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
+        self._db.executescript(SCHEMA)
+        self._in_transaction = False
+        self._savepoint = 0
+        self.commits = 0
+        self.longest_commit = 0.0
+
+    # --- reading ------------------------------------------------------------------
+    def agencies(self) -> dict[int, AgencyState]:
+        rows = self._db.execute("SELECT agency, committed, done FROM agencies")
+        return {agency: AgencyState(committed, bool(done)) for agency, committed, done in rows}
+
+    def draw(self) -> DrawState | None:
+        row = self._db.execute(
+            "SELECT winning_number, drawn_at, scanned_to, last_rowid, finished FROM draw WHERE id = 1"
+        ).fetchone()
+        return None if row is None else DrawState(row[0], row[1], row[2], row[3], bool(row[4]))
+
+    def winners(self) -> dict[int, list[str]]:
+        result: dict[int, list[str]] = {}
+        for agency, document in self._db.execute("SELECT agency, document FROM winners ORDER BY bet_rowid"):
+            result.setdefault(agency, []).append(document)
+        return result
+
+    def total_bets(self) -> int:
+        return self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM bets").fetchone()[0]
+
+    def iter_bets(self, batch: int = 10_000) -> Iterator[tuple]:
+        """Every bet as (agency, first_name, last_name, document, birthdate, number), in arrival order."""
+        cursor = self._db.execute(
+            "SELECT agency, first_name, last_name, document, birthdate, number FROM bets ORDER BY rowid"
+        )
+        while rows := cursor.fetchmany(batch):
+            yield from rows
+
+    # --- staging (inside the turn's transaction) ------------------------------------
+    def stage_bets(self, agency: int, bets: Sequence[tuple], committed_after: int) -> None:
+        """Appends `bets` (5-tuples) for `agency` and sets its `committed`; all or nothing."""
+        with self._piece():
+            # The agency is an int from the session, never text: formatting it into
+            # the statement lets executemany take the bet tuples as they are.
+            self._db.executemany(
+                f"INSERT INTO bets (agency, first_name, last_name, document, birthdate, number) "
+                f"VALUES ({int(agency)}, ?, ?, ?, ?, ?)",
+                bets,
+            )
+            self._db.execute(
+                "INSERT INTO agencies (agency, committed) VALUES (?, ?) "
+                "ON CONFLICT (agency) DO UPDATE SET committed = excluded.committed",
+                (agency, committed_after),
+            )
+
+    def stage_done(self, agency: int) -> None:
+        with self._piece():
+            self._db.execute(
+                "INSERT INTO agencies (agency, done) VALUES (?, 1) ON CONFLICT (agency) DO UPDATE SET done = 1",
+                (agency,),
+            )
+
+    def stage_draw(self, winning_number: int) -> DrawState:
+        """Fixes the draw: its number and the last bet it covers (every bet, since all are done)."""
+        drawn_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._piece():
+            last = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM bets").fetchone()[0]
+            self._db.execute(
+                "INSERT INTO draw (id, winning_number, drawn_at, scanned_to, last_rowid) VALUES (1, ?, ?, 0, ?)",
+                (winning_number, drawn_at, last),
+            )
+        return DrawState(winning_number, drawn_at, 0, last, False)
+
+    def stage_winner_scan(self, draw: DrawState, scanned_to: int, slice_size: int) -> int:
+        """Scans bets after `scanned_to` (at most `slice_size` rowids) for winners; returns the new mark."""
+        upper = min(draw.last_rowid, scanned_to + slice_size)
+        with self._piece():
+            self._db.execute(
+                "INSERT OR IGNORE INTO winners (bet_rowid, agency, document) "
+                "SELECT rowid, agency, document FROM bets WHERE rowid > ? AND rowid <= ? AND number = ?",
+                (scanned_to, upper, draw.winning_number),
+            )
+            finished = 1 if upper >= draw.last_rowid else 0
+            self._db.execute("UPDATE draw SET scanned_to = ?, finished = ? WHERE id = 1", (upper, finished))
+        return upper
+
+    def _piece(self):
+        return _Savepoint(self)
+
+    # --- committing ---------------------------------------------------------------
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_transaction
+
+    def commit(self) -> None:
+        """Ends the turn's transaction; on failure rolls it back and raises StorageError."""
+        if not self._in_transaction:
+            return
+        started = time.monotonic()
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            self._rollback()
+            raise StorageError(f"commit failed: {error}", transaction_lost=True) from error
+        finally:
+            self._in_transaction = False
+        elapsed = time.monotonic() - started
+        self.commits += 1
+        self.longest_commit = max(self.longest_commit, elapsed)
+        if elapsed > self.slow_commit_warning:
+            log.warning("action: commit | result: in_progress | slow_ms: %.1f", elapsed * 1000)
+
+    def rollback(self) -> None:
+        """Drops everything staged in the turn's transaction."""
+        if self._in_transaction:
+            self._rollback()
+            self._in_transaction = False
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite may have rolled back already (e.g. on SQLITE_FULL)
+
+    def close(self) -> None:
+        if self._in_transaction:
+            self._rollback()
+            self._in_transaction = False
+        self._db.close()
+
+
+class _Savepoint:
+    """One piece of staged work: released into the turn's transaction, or rolled back alone."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        store = self.store
+        try:
+            if not store._in_transaction:
+                store._db.execute("BEGIN IMMEDIATE")
+                store._in_transaction = True
+            store._db.execute("SAVEPOINT piece")
+        except sqlite3.Error as error:
+            raise StorageError(str(error)) from error
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        db = self.store._db
+        if kind is None:
+            db.execute("RELEASE piece")
+            return False
+        if not isinstance(error, sqlite3.Error):
+            return False
+        try:
+            db.execute("ROLLBACK TO piece")
+            db.execute("RELEASE piece")
+        except sqlite3.Error:
+            # The whole transaction is gone (SQLite aborts it on some errors).
+            self.store._rollback()
+            self.store._in_transaction = False
+            raise StorageError(str(error), transaction_lost=True) from error
+        raise StorageError(str(error)) from error
