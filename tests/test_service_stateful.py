@@ -1,0 +1,247 @@
+"""The lottery service against a simple model, driven by hypothesis.
+
+The service runs in-process with a fake connection (it records the bytes written)
+and a fake loop (a turn runs the ready callbacks, then the end-of-turn commit).
+Any sequence of HELLO, BETS (valid, invalid, duplicate, overlapping, gapped,
+several in one turn), DONE, WINNERS_QUERY, reconnects and a disk that fills up
+must leave the store equal to the model and answer each request as the model says.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import protocol as p
+from reactor.service import Lottery, LotteryConfig
+from reactor.store import Store
+
+AGENCIES = 3
+WINNING = 7574
+E = p.ErrorCode
+
+
+def bet(agency: int, seq: int, valid: bool = True) -> p.Bet:
+    return p.Bet("Ana", "Gómez", f"{agency:02d}{seq:06d}", "1990-01-01" if valid else "1990-02-30",
+                 WINNING if seq % 5 == 0 else seq % 1000)
+
+
+class FakeLoop:
+    def __init__(self) -> None:
+        self.ready = []
+
+    def call_soon(self, callback, *args) -> None:
+        self.ready.append((callback, args))
+
+    call_later = lambda self, delay, callback, *args: self.call_soon(callback, *args)  # noqa: E731
+
+
+class FakeConnection:
+    peer = "test"
+
+    def __init__(self) -> None:
+        self.decoder = p.FrameDecoder(p.Role.CLIENT)
+        self.held = False
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.decoder.receive_data(data)
+
+    def hold_reading(self) -> None:
+        self.held = True
+
+    def release_reading(self) -> None:
+        self.held = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def replies(self) -> list:
+        out = []
+        while (message := self.decoder.next_message()) is not p.NEED_DATA:
+            out.append(message)
+        return out
+
+
+class FailingCommits:
+    """Wraps the store's SQLite connection: while `fail` is set, COMMIT rolls back and
+    raises SQLite's disk-full error, so Store.commit's real error path runs."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.fail = False
+
+    def execute(self, sql, *args):
+        if self.fail and sql == "COMMIT":
+            self._db.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+class LotteryMachine(RuleBasedStateMachine):
+    @initialize()
+    def start(self) -> None:
+        self.store = Store(":memory:")
+        self.commits = self.store._db = FailingCommits(self.store._db)
+        for name in ("stage_bets", "stage_done"):
+            setattr(self.store, name, self._failing_when_full(getattr(self.store, name)))
+        self.loop = FakeLoop()
+        self.lottery = Lottery(self.store, LotteryConfig(agencies=AGENCIES, winning_number=WINNING), self.loop)
+        self.sessions: dict[int, tuple] = {}  # agency -> (session, connection)
+        self.stored = {a: 0 for a in range(1, AGENCIES + 1)}
+        self.done = {a: False for a in range(1, AGENCIES + 1)}
+        self.disk_full = False
+
+    def _failing_when_full(self, stage):
+        def maybe_fail(*args):
+            if self.disk_full:  # SQLite's own error, raised inside the store's savepoint
+                with self.store._piece():
+                    raise sqlite3.OperationalError("database or disk is full")
+            return stage(*args)
+
+        return maybe_fail
+
+    def turn(self) -> None:
+        ready, self.loop.ready = self.loop.ready, []
+        for callback, args in ready:
+            callback(*args)
+        self.lottery.end_of_turn()
+
+    def settle(self) -> None:
+        """Turns until the draw (if due) has finished its slices."""
+        for _ in range(20):
+            self.turn()
+            if not self.loop.ready:
+                return
+
+    def send(self, agency: int, *messages) -> list:
+        session, connection = self.sessions[agency]
+        for message in messages:
+            session.message_received(message)
+        self.settle()
+        return connection.replies()
+
+    def drawn(self) -> bool:
+        return all(self.done.values())
+
+    def winners(self, agency: int) -> tuple[str, ...]:
+        return tuple(bet(agency, s).document for s in range(1, self.stored[agency] + 1) if s % 5 == 0)
+
+    # --- rules ---------------------------------------------------------------------------
+    @rule(agency=st.integers(1, AGENCIES))
+    def connect(self, agency: int) -> None:
+        older = self.sessions.get(agency)
+        connection = FakeConnection()
+        session = self.lottery.new_session(connection)
+        self.sessions[agency] = (session, connection)
+        assert self.send(agency, p.Hello(agency)) == [
+            p.Welcome(self.stored[agency], self.done[agency], self.drawn())
+        ]
+        if older is not None:
+            replies = older[1].replies()
+            assert replies[-1].code is E.SESSION_REPLACED and older[1].closed
+
+    @precondition(lambda self: self.sessions)
+    @rule(
+        data=st.data(),
+        batches=st.lists(st.tuples(st.integers(-6, 3), st.integers(1, 12), st.booleans()), min_size=1, max_size=4),
+    )
+    def bets(self, data, batches) -> None:
+        agency = data.draw(st.sampled_from(sorted(self.sessions)))
+        expected, staged, messages = [], self.stored[agency], []
+        for offset, count, valid in batches:
+            first = max(1, staged + 1 + offset)
+            last = first + count - 1
+            message = p.Bets(first, tuple(bet(agency, s, valid or s != last) for s in range(first, last + 1)))
+            messages.append(message)
+            if not valid:
+                expected.append((E.INVALID_BET, first))
+            elif first > staged + 1:
+                expected.append((E.SEQUENCE_GAP, first))
+            elif last <= staged:
+                expected.append(p.Ack(first, count))
+            elif self.done[agency]:
+                expected.append((E.AGENCY_CLOSED, first))
+            elif self.disk_full:
+                expected.append((E.STORAGE_FAILED, first))
+            else:
+                staged = last
+                expected.append(p.Ack(first, count))
+        if self.commits.fail:  # every reply that waited for the turn's commit fails instead
+            durable = self.stored[agency]
+            expected = [
+                (E.STORAGE_FAILED, e.first) if isinstance(e, p.Ack) and e.first + e.count - 1 > durable else e
+                for e in expected
+            ]
+            staged = durable
+        replies = self.send(agency, *messages)
+        got = [(r.code, r.first) if isinstance(r, p.Error) else r for r in replies]
+        assert got == expected
+        self.stored[agency] = staged
+
+    @precondition(lambda self: self.sessions)
+    @rule(data=st.data())
+    def done_message(self, data) -> None:
+        agency = data.draw(st.sampled_from(sorted(self.sessions)))
+        held = [a for a, (s, _) in self.sessions.items() if s.holds_query]
+        replies = self.send(agency, p.Done())
+        if (self.disk_full or self.commits.fail) and not self.done[agency]:
+            assert [(r.code, r.first) for r in replies] == [(E.STORAGE_FAILED, 0)]
+            return
+        assert replies == [p.DoneAck()]
+        self.done[agency] = True
+        if self.drawn():
+            for other in held:  # the draw answered every held query
+                answer = self.sessions[other][1].replies()
+                assert answer == [p.Winners(self.winners(other), final=True)]
+
+    @precondition(lambda self: self.sessions)
+    @rule(data=st.data())
+    def winners_query(self, data) -> None:
+        agency = data.draw(st.sampled_from(sorted(self.sessions)))
+        session, connection = self.sessions[agency]
+        if session.holds_query:
+            return  # a held connection reads nothing more
+        replies = self.send(agency, p.WinnersQuery())
+        if not self.done[agency]:
+            assert [r.code for r in replies] == [E.NOT_DONE]
+        elif self.drawn():
+            assert replies == [p.Winners(self.winners(agency), final=True)]
+        else:
+            assert replies == [] and session.holds_query and connection.held
+
+    @rule()
+    def disk_fills_or_empties(self) -> None:
+        self.disk_full = not self.disk_full
+
+    @rule()
+    def commits_start_or_stop_failing(self) -> None:
+        self.commits.fail = not self.commits.fail
+
+    @invariant()
+    def store_equals_model(self) -> None:
+        if not hasattr(self, "store"):
+            return
+        rows = {a: [] for a in self.stored}
+        for row in self.store.iter_bets():
+            rows[row[0]].append(row[3])
+        for agency, count in self.stored.items():
+            assert rows[agency] == [bet(agency, s).document for s in range(1, count + 1)]
+        states = self.store.agencies()
+        for agency, count in self.stored.items():
+            state = states.get(agency)
+            assert (state.committed if state else 0) == count
+            assert (state.done if state else False) == self.done[agency]
+
+    def teardown(self) -> None:
+        if hasattr(self, "store"):
+            self.store.close()
+
+
+TestLottery = LotteryMachine.TestCase
