@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 VENV_PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+AGENCIES ?= 5
+BETS ?= 78697
+COMPOSE ?= docker compose
+COMPOSE_FILE ?= docker-compose.yml
 
 .DEFAULT_GOAL := help
 
@@ -20,11 +24,50 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: venv
 venv: $(VENV)/.installed ## create .venv with the test dependencies (pytest, hypothesis)
 
+.PHONY: demo
+demo: ## run the whole lottery locally without Docker: the central and 5 agencies on generated data
+	$(PYTHON) scripts/demo.py --agencies $(AGENCIES) --bets $(BETS)
+
 .PHONY: test
-test: $(VENV)/.installed ## run the whole test suite (CI profile of the slow tests)
+test: $(VENV)/.installed ## run the whole test suite (short profile of the slow tests; Docker tests excluded)
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
+.PHONY: test-long
+test-long: $(VENV)/.installed ## the long profile: more kills, more examples, bigger abuse
+	LOTTERY_TEST_PROFILE=long HYPOTHESIS_PROFILE=long $(VENV_PY) -m pytest -m "not docker" $(PYTEST_ARGS)
+
+.PHONY: test-docker
+test-docker: $(VENV)/.installed data ## the Docker Compose scenario (needs a Docker engine)
+	$(VENV_PY) -m pytest -m docker $(PYTEST_ARGS)
+
+.PHONY: data
+data: ## generate .data/agency-1.csv .. agency-N.csv (AGENCIES=5, BETS=78697)
+	$(PYTHON) -m datagen --out .data --agencies $(AGENCIES) --bets $(BETS)
+
+.PHONY: bench
+bench: ## run the benchmarks and print their tables (results also in bench/results/)
+	$(PYTHON) -m bench
+
+.PHONY: docker-image
+docker-image: ## build the server and client images
+	docker build --target server -t lottery-central:latest .
+	docker build --target client -t lottery-agency:latest .
+
+.PHONY: docker-compose-up
+docker-compose-up: docker-image ## generate the data if missing, then start the central and the agencies
+	@for i in $$(seq 1 $(AGENCIES)); do [ -f .data/agency-$$i.csv ] || { $(MAKE) --no-print-directory data; break; }; done
+	$(COMPOSE) -f $(COMPOSE_FILE) up -d
+
+.PHONY: docker-compose-down
+docker-compose-down: ## stop (1 s grace) and remove the containers and the network
+	$(COMPOSE) -f $(COMPOSE_FILE) stop -t 1
+	$(COMPOSE) -f $(COMPOSE_FILE) down
+
+.PHONY: docker-compose-logs
+docker-compose-logs: ## follow the containers' logs
+	$(COMPOSE) -f $(COMPOSE_FILE) logs -f
+
 .PHONY: clean
-clean: ## remove the virtual environment, generated data, databases and caches
-	rm -rf $(VENV) .data data .pytest_cache .hypothesis bench/results *.egg-info
+clean: ## remove the virtual environments, generated data, databases and caches
+	rm -rf $(VENV) .venv-ci .data data .pytest_cache .hypothesis bench/results *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
