@@ -42,7 +42,7 @@ from protocol import NEED_DATA, PEER_CLOSED, FrameDecoder, Message, ProtocolErro
 
 log = logging.getLogger(__name__)
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 
@@ -62,6 +62,22 @@ class ConnectionLimits:
         # Below one frame a paused connection might never resume (python/asyncio#99).
         if self.high_water <= 8192 or not 0 <= self.low_water < self.high_water:
             raise ValueError("need 8192 < high_water and 0 <= low_water < high_water")
+
+
+class TurnBudget:
+    """Bytes all connections together may read in one loop turn.
+
+    Bounds a turn's work (decode, validate, stage, commit) whatever the number of
+    busy peers; a connection that finds it spent is read in the next turn, since
+    readiness is level-triggered. The server resets it at the end of every turn.
+    """
+
+    def __init__(self, per_turn: int = 128 * 1024) -> None:
+        self.per_turn = per_turn
+        self.remaining = per_turn
+
+    def reset(self) -> None:
+        self.remaining = self.per_turn
 
 
 class Handler(Protocol):
@@ -85,8 +101,10 @@ class Connection:
         peer: str,
         limits: ConnectionLimits,
         on_closed: Callable[["Connection"], None],
+        budget: TurnBudget | None = None,
     ) -> None:
         self.loop = loop
+        self._budget = budget or TurnBudget()
         self.sock = sock
         self.peer = peer
         self.limits = limits
@@ -182,6 +200,8 @@ class Connection:
             self.on_writable()
             if self._closed:
                 return
+        if self._budget.remaining <= 0:
+            return
         try:
             data = self._recv()
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
@@ -195,6 +215,7 @@ class Connection:
             return
         if data:
             self.bytes_in += len(data)
+            self._budget.remaining -= len(data)
         else:
             self._input_done = True
         try:

@@ -15,7 +15,7 @@ import ssl
 from protocol import Error, ErrorCode, encode
 from runtime.logfmt import log_event
 
-from .connection import Connection, ConnectionLimits, is_fd_exhaustion
+from .connection import Connection, ConnectionLimits, TurnBudget, is_fd_exhaustion
 from .loop import EventLoop
 from .service import Lottery
 
@@ -54,7 +54,9 @@ class Server:
         self._listener.setblocking(False)
         self.port = self._listener.getsockname()[1]
         loop.register(self._listener, selectors.EVENT_READ, self)
+        self._budget = TurnBudget()
         loop.add_end_of_turn_hook(lottery.end_of_turn)
+        loop.add_end_of_turn_hook(self._budget.reset)
         log_event(log, logging.INFO, "accept_connections", "in_progress", port=self.port)
 
     # --- accepting -------------------------------------------------------------------
@@ -89,7 +91,7 @@ class Server:
         if self.tls is not None:
             sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         self.accepted += 1
-        connection = Connection(self.loop, sock, peer, self.limits, self.connections.discard)
+        connection = Connection(self.loop, sock, peer, self.limits, self.connections.discard, self._budget)
         self.connections.add(connection)
         connection.start(self.lottery.new_session(connection))
         log_event(log, logging.DEBUG, "accept", "success", peer=peer)

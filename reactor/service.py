@@ -56,7 +56,7 @@ from .store import DrawState, StorageError, Store
 log = logging.getLogger(__name__)
 
 RANDOM_WINNING_NUMBER = -1  # "draw it with secrets when the draw happens"
-DRAW_SCAN_SLICE = 100_000  # rowids scanned for winners per loop turn
+DRAW_SCAN_SLICE = 50_000  # rowids scanned for winners per loop turn
 
 
 @dataclass
