@@ -1,0 +1,94 @@
+"""Nothing acknowledged is lost, nothing is stored twice: the server killed at random moments.
+
+Five agencies ingest generated bets with the client library while the test kills
+the server (SIGKILL: a crash; SIGTERM: a drain) at random moments and restarts it on
+the same database and port. After every kill the database is read directly: every
+bet acknowledged before the kill must be there. At the end every row of every file
+is stored exactly once and in file order, and the winners are exact.
+
+LOTTERY_TEST_PROFILE=long (make test-long) runs more bets and at least 20 kills.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from client import Agency, AgencyConfig, BetFile
+from datagen import write_dataset
+from tests.harness import ServerProcess, exported_rows, file_rows, wait_until
+
+LONG = os.environ.get("LOTTERY_TEST_PROFILE") == "long"
+BETS, KILLS = (400_000, 24) if LONG else (60_000, 4)
+
+
+def stored_per_agency(db) -> dict[int, int]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        return dict(connection.execute("SELECT agency, COUNT(*) FROM bets GROUP BY agency").fetchall())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_random_kills_lose_nothing_acknowledged_and_store_everything_once(tmp_path, signum):
+    rng = random.Random(signum)
+    dataset = write_dataset(tmp_path / "data", total=BETS, agencies=5, seed=11)
+    db = tmp_path / "bets.db"
+    acked = {agency: 0 for agency in range(1, 6)}
+    lock = threading.Lock()
+    results, errors = {}, {}
+
+    def tracker(agency):
+        def on_ack(first, count, latency):
+            with lock:
+                acked[agency] = max(acked[agency], first + count - 1)
+        return on_ack
+
+    server = ServerProcess(db).start()
+    port = server.port
+
+    def run(agency):
+        config = AgencyConfig(agency=agency, host="127.0.0.1", port=port, max_amount=rng.choice([40, 99, 150]),
+                              window=4, retries=10_000, backoff_base=0.02, backoff_cap=0.2, io_timeout=10)
+        try:
+            bet_file = BetFile(dataset.files[agency - 1])
+            results[agency] = Agency.from_file(config, bet_file, on_ack=tracker(agency)).run()
+        except BaseException as error:
+            errors[agency] = error
+
+    threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in range(1, 6)]
+    for thread in threads:
+        thread.start()
+    kills = 0
+    try:
+        while kills < KILLS and any(t.is_alive() for t in threads):
+            time.sleep(rng.uniform(0.05, 0.6))
+            if sum(acked.values()) >= sum(dataset.rows):
+                break
+            with lock:
+                server.signal(signum)
+                code = server.wait(20)
+                snapshot = dict(acked)  # every ACK read before the server was gone
+            kills += 1
+            if signum == signal.SIGTERM:
+                assert code == 0, "a drain must exit 0"
+            stored = stored_per_agency(db)
+            lost = {a: (stored.get(a, 0), n) for a, n in snapshot.items() if stored.get(a, 0) < n}
+            assert not lost, f"acknowledged bets lost after kill {kills}: {lost}"
+            server = ServerProcess(db, "--port", str(port)).start()
+        for thread in threads:
+            thread.join(180)
+        assert not errors, errors
+        assert wait_until(lambda: len(results) == 5, timeout=5)
+    finally:
+        server.stop()
+    print(f"{kills} kills; acknowledged {sum(acked.values())} of {sum(dataset.rows)} bets")
+    assert kills >= KILLS or sum(dataset.rows) <= sum(acked.values())
+    exported = exported_rows(db)
+    for agency, path in enumerate(dataset.files, start=1):
+        assert [row[1:] for row in exported if row[0] == str(agency)] == file_rows(path)
+        assert results[agency].winners == dataset.winners[agency]
