@@ -228,6 +228,8 @@ class FrameDecoder:
     malformed.
     """
 
+    __slots__ = ("_decoders", "_buffer", "_frame_length", "_closed", "_error")
+
     def __init__(self, role: Role) -> None:
         self._decoders = _DECODERS[role]
         self._buffer = bytearray()

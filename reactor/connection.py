@@ -94,6 +94,13 @@ class Connection:
     """Owns one peer's socket, its receive decoder, its send queue, its deadlines
     and its way of ending. Knows frames, not lotteries."""
 
+    __slots__ = (
+        "loop", "sock", "peer", "limits", "handler", "_budget", "_on_closed", "_decoder", "_out", "_out_size",
+        "_paused_flow", "_paused_hold", "_input_done", "_closing", "_closed", "_interest", "_tls_handshaking",
+        "_tls_wants_write", "_handshake_done", "_last_progress", "_frame_started", "_deadline_timer",
+        "_linger_timer", "bytes_in",
+    )
+
     def __init__(
         self,
         loop,

@@ -95,6 +95,8 @@ class Session:
     """One connection's conversation: its agency once HELLO is through, its ordered
     outbox, and whether a WINNERS_QUERY is held. The connection's handler."""
 
+    __slots__ = ("lottery", "connection", "agency", "_outbox", "holds_query", "_ending", "_peer_finished", "_gone")
+
     def __init__(self, lottery: "Lottery", connection) -> None:
         self.lottery = lottery
         self.connection = connection

@@ -1,0 +1,229 @@
+"""`python -m bench` (`make bench`): the server measured the way an operator would.
+
+Scenarios (each on a fresh database, every configuration `--repeats` times, medians):
+  1 course    5 agencies, the course's uneven sizes (78,697 bets), window 8
+  2 scale     50 agencies x 20,000 bets (1,000,000), window 8
+  3 idle      scenario 2 with 10,000 idle connections held open
+  4 latency   5 agencies, window 1
+Servers: ours (`python -m reactor`), asyncio.Protocol and ThreadingTCPServer versions
+of the same service and store (bench/servers.py), each at durability full and off,
+and a null server that only ACKs (the load generator's ceiling). Ratios are to ours
+in the same run: these machines are shared and noisy, so only same-run ratios compare.
+Results print as a table and go to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from datagen import COURSE_SIZES, agency_sizes
+
+from .loadgen import AgencyLoad, LoadGenerator
+
+ROOT = Path(__file__).resolve().parents[1]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    """One server process under test, with its log in a file."""
+
+    def __init__(self, kind: str, durability: str, agencies: int, workdir: Path) -> None:
+        self.kind = kind
+        db = workdir / f"{kind}-{durability}-{time.monotonic_ns()}.db"
+        self.port = free_port()
+        if kind == "ours":
+            command = ["-m", "reactor", "--host", "127.0.0.1", "--port", str(self.port), "--db", str(db),
+                       "--agencies", str(agencies), "--durability", durability, "--log-level", "INFO",
+                       "--handshake-timeout", "3600", "--idle-timeout", "3600", "--max-connections", "20000"]
+        else:
+            command = ["-m", "bench.servers", kind, "--port", str(self.port), "--db", str(db),
+                       "--agencies", str(agencies), "--durability", durability]
+        self.log = workdir / f"{db.name}.log"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{kind} did not start: {self.log.read_text()}")
+
+    def status_kb(self, key: str) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        match = re.search(r"longest_turn_ms: ([\d.]+)", self.log.read_text())
+        return {"longest_turn_ms": float(match.group(1))} if match else {}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def open_idle(port: int, count: int) -> list[socket.socket]:
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        sockets.append(sock)
+    time.sleep(1.0)
+    return sockets
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def measure(generator: LoadGenerator, kind: str, durability: str, agencies: int, window: int, idle: int,
+            workdir: Path) -> dict:
+    server = Server(kind, durability, agencies, workdir)
+    rss_base = server.status_kb("VmRSS")
+    idle_sockets = open_idle(server.port, idle) if idle else []
+    rss_idle = server.status_kb("VmRSS")
+    cpu_before = server.cpu_seconds()
+    result, wall = generator.run(server.port, window)
+    cpu = server.cpu_seconds() - cpu_before
+    peak = server.status_kb("VmHWM")
+    for sock in idle_sockets:
+        sock.close()
+    extra = server.stop()
+    if result.errors:
+        raise RuntimeError(f"{kind}/{durability}: {result.errors[:3]}")
+    return {
+        "bets": result.bets,
+        "wall_s": wall,
+        "bets_per_s": result.bets / wall,
+        "ack_p50_ms": 1000 * percentile(result.latencies, 0.50),
+        "ack_p99_ms": 1000 * percentile(result.latencies, 0.99),
+        "peak_rss_mb": peak / 1024,
+        "cpu_s": cpu,
+        "idle_bytes_each": (rss_idle - rss_base) * 1024 / idle if idle else None,
+        **extra,
+    }
+
+
+def scenario_loads(name: str, scale: float) -> tuple[list[AgencyLoad], int, int]:
+    """(loads, window, idle connections) of a scenario; `scale` shrinks it for smoke runs."""
+    if name == "course":
+        sizes = agency_sizes(max(5, int(sum(COURSE_SIZES) * scale)), 5)
+        return [AgencyLoad(a, n) for a, n in enumerate(sizes, start=1)], 8, 0
+    if name in ("scale", "idle"):
+        per = max(1, int(20_000 * scale))
+        return [AgencyLoad(a, per) for a in range(1, 51)], 8, int(10_000 * scale) if name == "idle" else 0
+    if name == "latency":
+        sizes = agency_sizes(max(5, int(sum(COURSE_SIZES) * scale / 4)), 5)
+        return [AgencyLoad(a, n) for a, n in enumerate(sizes, start=1)], 1, 0
+    raise ValueError(name)
+
+
+def raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, wanted)), hard))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default="course,scale,idle,latency")
+    parser.add_argument("--servers", default="ours,asyncio,threaded")
+    parser.add_argument("--durability", default="full,off")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink every scenario (smoke runs)")
+    parser.add_argument("--processes", type=int, default=2, help="load generator processes")
+    parser.add_argument("--max-amount", type=int, default=150)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args(argv)
+
+    raise_fd_limit(12_000)  # scenario 3, in this process and the servers it starts
+    generator = LoadGenerator(args.processes)
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="lottery-bench-") as tmp:
+            for name in args.scenarios.split(","):
+                loads, window, idle = scenario_loads(name, args.scale)
+                generator.prepare(loads, args.max_amount)
+                configs = [(s, d) for s in args.servers.split(",") for d in args.durability.split(",")]
+                if name == "scale":
+                    configs.append(("null", "off"))
+                for kind, durability in configs:
+                    runs = [measure(generator, kind, durability, len(loads), window, idle, Path(tmp))
+                            for _ in range(args.repeats)]
+                    row = {"scenario": name, "server": kind, "durability": durability, "runs": runs}
+                    for key in runs[0]:
+                        values = [r[key] for r in runs if r[key] is not None]
+                        row[key] = statistics.median(values) if values else None
+                    rows.append(row)
+                    print(f"  {name:8} {kind:9} {durability:5} {row['bets_per_s']:>10,.0f} bets/s "
+                          f"p99 {row['ack_p99_ms']:.1f} ms", flush=True)
+    finally:
+        generator.close()
+
+    ours = {(r["scenario"], r["durability"]): r for r in rows if r["server"] == "ours"}
+    print()
+    header = (f"{'scenario':9} {'server':9} {'dur':4} {'bets/s':>10} {'x ours':>7} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'RSS MB':>7} {'CPU s':>6} {'turn ms':>7} {'B/idle':>7}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        base = ours.get((r["scenario"], r["durability"])) or ours.get((r["scenario"], "off"))
+        ratio = r["bets_per_s"] / base["bets_per_s"] if base else float("nan")
+        turn = f"{r['longest_turn_ms']:.1f}" if r.get("longest_turn_ms") is not None else "-"
+        idle_each = f"{r['idle_bytes_each']:.0f}" if r.get("idle_bytes_each") else "-"
+        print(f"{r['scenario']:9} {r['server']:9} {r['durability']:4} {r['bets_per_s']:>10,.0f} {ratio:>7.2f} "
+              f"{r['ack_p50_ms']:>7.2f} {r['ack_p99_ms']:>7.2f} {r['peak_rss_mb']:>7.1f} {r['cpu_s']:>6.2f} "
+              f"{turn:>7} {idle_each:>7}")
+    machine = {"python": platform.python_version(), "platform": platform.platform(),
+               "cpus": os.cpu_count(), "processor": _cpu_model()}
+    print(f"\nmachine: {machine['cpus']} CPUs, {machine['processor']}, Python {machine['python']}; "
+          f"medians of {args.repeats} runs; ratios are bets/s relative to ours at the same durability")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "args": vars(args) | {"out": str(args.out)}, "rows": rows},
+                                   indent=2))
+    print(f"saved {args.out}")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

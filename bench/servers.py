@@ -1,0 +1,275 @@
+"""The designs people would otherwise pick, for comparison: same protocol, same service,
+same store, different I/O. `python -m bench.servers asyncio|threaded|null --port P --db D`.
+
+- asyncio: an `asyncio.Protocol` per connection; the service's turn-end commit is
+  scheduled once per burst of `data_received` calls (the same group commit).
+- threaded: `socketserver.ThreadingTCPServer`, a thread per connection; one lock
+  around the service and store, a commit after each burst a thread decoded.
+- null: ACKs every batch at once, stores nothing: the load generator's ceiling.
+They print the same `accept_connections` line as the central, so the bench finds the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import signal
+import socket
+import socketserver
+import sqlite3
+import sys
+import threading
+
+import protocol as p
+from reactor.service import Lottery, LotteryConfig
+from reactor.store import Store
+from runtime.logfmt import configure_logging
+
+
+def announce(port: int) -> None:
+    print(f"action: accept_connections | result: in_progress | port: {port}", flush=True)
+
+
+# --- asyncio ------------------------------------------------------------------------
+class _AsyncioConnection:
+    """The service's view of an asyncio transport."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.peer = "asyncio"
+
+    def write(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def hold_reading(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def release_reading(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class _LotteryProtocol(asyncio.Protocol):
+    def __init__(self, lottery: Lottery, schedule_commit) -> None:
+        self.lottery = lottery
+        self.schedule_commit = schedule_commit
+
+    def connection_made(self, transport) -> None:
+        self.decoder = p.FrameDecoder(p.Role.SERVER)
+        self.session = self.lottery.new_session(_AsyncioConnection(transport))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.decoder.receive_data(data)
+            while (message := self.decoder.next_message()) is not p.NEED_DATA:
+                if message is p.PEER_CLOSED:
+                    break
+                self.session.message_received(message)
+        except p.ProtocolError as error:
+            self.session.protocol_error(error)
+        self.schedule_commit()
+
+    def eof_received(self):
+        self.session.eof_received()
+        return True
+
+    def connection_lost(self, exc) -> None:
+        self.session.connection_lost("closed")
+
+
+class _CommittingLoop:
+    """The loop the service schedules its own work on (the draw): each callback is
+    followed by a commit, as the central's end-of-turn hook does."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, schedule_commit) -> None:
+        self._loop = loop
+        self._schedule_commit = schedule_commit
+
+    def _run(self, callback, args) -> None:
+        callback(*args)
+        self._schedule_commit()
+
+    def call_soon(self, callback, *args) -> None:
+        self._loop.call_soon(self._run, callback, args)
+
+    def call_later(self, delay: float, callback, *args) -> None:
+        self._loop.call_later(delay, self._run, callback, args)
+
+
+def serve_asyncio(port: int, db: str, agencies: int, durability: str) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        lottery = None
+        pending = False
+
+        def commit() -> None:
+            nonlocal pending
+            pending = False
+            lottery.end_of_turn()
+
+        def schedule_commit() -> None:
+            nonlocal pending
+            if not pending:
+                pending = True
+                loop.call_soon(commit)
+
+        lottery = Lottery(Store(db, durability), LotteryConfig(agencies), _CommittingLoop(loop, schedule_commit))
+        server = await loop.create_server(lambda: _LotteryProtocol(lottery, schedule_commit), "127.0.0.1", port,
+                                          backlog=4096)
+        announce(server.sockets[0].getsockname()[1])
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+
+    asyncio.run(main())
+
+
+# --- threads ------------------------------------------------------------------------
+class _ThreadConnection:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.peer = "thread"
+        self.readable = threading.Event()
+        self.readable.set()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self.close()
+
+    def hold_reading(self) -> None:
+        self.readable.clear()
+
+    def release_reading(self) -> None:
+        self.readable.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.readable.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def serve_threaded(port: int, db: str, agencies: int, durability: str) -> None:
+    lock = threading.Lock()
+    # One connection shared by every thread, always under `lock`.
+    sqlite3_connect = sqlite3.connect
+    sqlite3.connect = functools.partial(sqlite3_connect, check_same_thread=False)
+    store = Store(db, durability)
+    sqlite3.connect = sqlite3_connect
+
+    class Loop:  # the service's timers, run under the lock on a thread of their own
+        def call_soon(self, callback, *args):
+            threading.Timer(0, self._locked, (callback, args)).start()
+
+        def call_later(self, delay, callback, *args):
+            threading.Timer(delay, self._locked, (callback, args)).start()
+
+        @staticmethod
+        def _locked(callback, args):
+            with lock:
+                callback(*args)
+                lottery.end_of_turn()
+
+    lottery = Lottery(store, LotteryConfig(agencies), Loop())
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            connection = _ThreadConnection(self.request)
+            decoder = p.FrameDecoder(p.Role.SERVER)
+            with lock:
+                session = lottery.new_session(connection)
+            while not connection.closed:
+                connection.readable.wait()
+                if connection.closed:
+                    break
+                try:
+                    data = self.request.recv(65536)
+                except OSError:
+                    data = b""
+                with lock:
+                    try:
+                        decoder.receive_data(data)
+                        while (message := decoder.next_message()) not in (p.NEED_DATA, p.PEER_CLOSED):
+                            session.message_received(message)
+                            if not connection.readable.is_set():
+                                break
+                    except p.ProtocolError as error:
+                        session.protocol_error(error)
+                    lottery.end_of_turn()
+                if not data:
+                    break
+            with lock:
+                session.connection_lost("closed")
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = 4096
+
+    with Server(("127.0.0.1", port), Handler) as server:
+        announce(server.server_address[1])
+        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+        server.serve_forever()
+
+
+# --- null -----------------------------------------------------------------------------
+def serve_null(port: int, db: str, agencies: int, durability: str) -> None:
+    class Null(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+            self.decoder = p.FrameDecoder(p.Role.SERVER)
+
+        def data_received(self, data: bytes) -> None:
+            self.decoder.receive_data(data)
+            out = []
+            while (m := self.decoder.next_message()) not in (p.NEED_DATA, p.PEER_CLOSED):
+                if isinstance(m, p.Hello):
+                    out.append(p.encode(p.Welcome(0)))
+                elif isinstance(m, p.Bets):
+                    out.append(p.encode(p.Ack(m.first, m.count)))
+                elif isinstance(m, p.Done):
+                    out.append(p.encode(p.DoneAck()))
+                else:
+                    out.append(p.encode(p.Winners(())))
+            self.transport.write(b"".join(out))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Null, "127.0.0.1", port, backlog=4096)
+        announce(server.sockets[0].getsockname()[1])
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+
+    asyncio.run(main())
+
+
+SERVERS = {"asyncio": serve_asyncio, "threaded": serve_threaded, "null": serve_null}
+
+
+def main(argv=None) -> None:
+    configure_logging("INFO")  # as the central runs by default: its per-batch lines are part of the cost
+    parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__)
+    parser.add_argument("kind", choices=sorted(SERVERS))
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--db", default=":memory:")
+    parser.add_argument("--agencies", type=int, default=5)
+    parser.add_argument("--durability", default="full")
+    args = parser.parse_args(argv)
+    SERVERS[args.kind](args.port, args.db, args.agencies, args.durability)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
