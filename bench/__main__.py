@@ -80,7 +80,7 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        match = re.search(r"longest_turn_ms: ([\d.]+)", self.log.read_text())
+        match = re.search(r"action: shutdown .*longest_turn_ms: ([\d.]+)", self.log.read_text())
         return {"longest_turn_ms": float(match.group(1))} if match else {}
 
 

@@ -34,7 +34,6 @@ import logging
 import selectors
 import socket
 import ssl
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -118,7 +117,7 @@ class Connection:
         self.handler: Handler | None = None
         self._on_closed = on_closed
         self._decoder = FrameDecoder(Role.SERVER)
-        self._out: deque[memoryview | bytes] = deque()
+        self._out: list[memoryview | bytes] = []  # a list: an empty deque costs ~600 bytes a peer
         self._out_size = 0
         self._paused_flow = False
         self._paused_hold = False
@@ -257,7 +256,7 @@ class Connection:
                 self._last_progress = self.loop.time()
             self._out_size -= sent
             if sent == len(head):
-                self._out.popleft()
+                del self._out[0]
             else:
                 self._out[0] = memoryview(head)[sent:]
                 break

@@ -28,23 +28,28 @@ import time
 from collections import deque
 from typing import Callable
 
+from runtime.logfmt import log_event
+
 log = logging.getLogger(__name__)
 
 
 class Timer:
     """A callback due at a monotonic time; `cancel()` makes the loop skip it."""
 
-    __slots__ = ("when", "callback", "args", "cancelled")
+    __slots__ = ("when", "callback", "args", "cancelled", "_loop")
 
-    def __init__(self, when: float, callback: Callable, args: tuple) -> None:
+    def __init__(self, when: float, callback: Callable, args: tuple, loop: "EventLoop") -> None:
         self.when = when
         self.callback = callback
         self.args = args
         self.cancelled = False
+        self._loop = loop
 
     def cancel(self) -> None:
-        self.cancelled = True
-        self.callback = self.args = None  # drop references early
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback = self.args = None  # drop references early
+            self._loop._cancelled_timers += 1
 
 
 class _SignalWakeup:
@@ -78,6 +83,7 @@ class EventLoop:
     def __init__(self, slow_turn_warning: float = 0.05) -> None:
         self.selector = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Timer]] = []
+        self._cancelled_timers = 0  # still in the heap; compacted when they are the majority
         self._sequence = itertools.count()
         self._ready: deque[tuple[Callable, tuple]] = deque()
         self._end_of_turn: list[Callable[[], None]] = []
@@ -105,7 +111,7 @@ class EventLoop:
         return time.monotonic()
 
     def call_at(self, when: float, callback: Callable, *args) -> Timer:
-        timer = Timer(when, callback, args)
+        timer = Timer(when, callback, args, self)
         heapq.heappush(self._timers, (when, next(self._sequence), timer))
         return timer
 
@@ -163,13 +169,17 @@ class EventLoop:
         now = self.time()
         while self._timers and self._timers[0][0] <= now:
             timer = heapq.heappop(self._timers)[2]
-            if not timer.cancelled:
+            if timer.cancelled:
+                self._cancelled_timers -= 1
+            else:
                 callback, args = timer.callback, timer.args
-                timer.cancel()
+                timer.cancelled = True  # fired: out of the heap, so not counted
+                timer.callback = timer.args = None
                 callback(*args)
-        if len(self._timers) > 64 and sum(t.cancelled for _, _, t in self._timers) > len(self._timers) // 2:
+        if self._cancelled_timers > 64 and self._cancelled_timers > len(self._timers) // 2:
             self._timers = [entry for entry in self._timers if not entry[2].cancelled]
             heapq.heapify(self._timers)
+            self._cancelled_timers = 0
 
         for _ in range(len(self._ready)):
             callback, args = self._ready.popleft()
@@ -183,7 +193,7 @@ class EventLoop:
         if busy > self.longest_turn:
             self.longest_turn = busy
         if busy > self.slow_turn_warning:
-            log.warning("action: loop_turn | result: in_progress | slow_ms: %.1f", busy * 1000)
+            log_event(log, logging.WARNING, "loop_turn", "in_progress", slow_ms=f"{busy * 1000:.1f}")
 
     def close(self) -> None:
         if self._wakeup is not None:

@@ -22,6 +22,7 @@ from .service import Lottery
 log = logging.getLogger(__name__)
 
 ACCEPT_PAUSE = 0.5  # seconds to stop accepting after EMFILE/ENFILE
+ACCEPTS_PER_TURN = 256  # a burst of connects is taken over several turns (asyncio caps at its backlog too)
 _BUSY_FRAME = encode(Error(ErrorCode.SERVER_BUSY, "the server is at its connection limit; retry later"))
 
 
@@ -61,7 +62,7 @@ class Server:
 
     # --- accepting -------------------------------------------------------------------
     def on_readable(self) -> None:
-        while True:
+        for _ in range(ACCEPTS_PER_TURN):  # until BlockingIOError, or the rest next turn
             try:
                 sock, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -112,7 +113,8 @@ class Server:
         if self._draining:
             return
         self._draining = True
-        log_event(log, logging.INFO, "shutdown", "in_progress", connections=len(self.connections))
+        log_event(log, logging.INFO, "shutdown", "in_progress", connections=len(self.connections),
+                  longest_turn_ms=f"{self.loop.longest_turn * 1000:.1f}")  # while serving, before the drain
         if self.loop.selector.get_map().get(self._listener.fileno()) is not None:
             self.loop.unregister(self._listener)
         self._listener.close()

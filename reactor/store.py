@@ -28,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from runtime.logfmt import log_event
+
 log = logging.getLogger(__name__)
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -209,7 +211,7 @@ class Store:
         self.commits += 1
         self.longest_commit = max(self.longest_commit, elapsed)
         if elapsed > self.slow_commit_warning:
-            log.warning("action: commit | result: in_progress | slow_ms: %.1f", elapsed * 1000)
+            log_event(log, logging.WARNING, "commit", "in_progress", slow_ms=f"{elapsed * 1000:.1f}")
 
     def rollback(self) -> None:
         """Drops everything staged in the turn's transaction."""
