@@ -22,7 +22,7 @@ from .service import Lottery
 log = logging.getLogger(__name__)
 
 ACCEPT_PAUSE = 0.5  # seconds to stop accepting after EMFILE/ENFILE
-ACCEPTS_PER_TURN = 256  # a burst of connects is taken over several turns (asyncio caps at its backlog too)
+ACCEPTS_PER_TURN = 64  # a burst of connects is spread over turns (asyncio caps at its backlog too)
 _BUSY_FRAME = encode(Error(ErrorCode.SERVER_BUSY, "the server is at its connection limit; retry later"))
 
 
@@ -57,7 +57,7 @@ class Server:
         loop.register(self._listener, selectors.EVENT_READ, self)
         self._budget = TurnBudget()
         loop.add_end_of_turn_hook(lottery.end_of_turn)
-        loop.add_end_of_turn_hook(self._budget.reset)
+        loop.add_end_of_turn_hook(self._plan_next_turn)
         log_event(log, logging.INFO, "accept_connections", "in_progress", port=self.port)
 
     # --- accepting -------------------------------------------------------------------
@@ -105,6 +105,14 @@ class Server:
     def _resume_accepting(self) -> None:
         if not self._draining:
             self.loop.register(self._listener, selectors.EVENT_READ, self)
+
+    def _plan_next_turn(self) -> None:
+        store = self.lottery.store
+        if store.checkpoint_due:
+            self._budget.remaining = 0  # the next turn reads nothing: it checkpoints
+            self.loop.call_soon(store.checkpoint)
+        else:
+            self._budget.reset()
 
     # --- stopping ----------------------------------------------------------------------
     def drain(self) -> None:

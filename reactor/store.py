@@ -12,6 +12,11 @@ table once, by rowid slices (`scan_winners`), so the caller can spread it over
 loop turns; its winners go to a small table, and the draw row remembers how far
 the scan got, so a restart resumes it.
 
+Checkpoints: SQLite's automatic WAL checkpoint would run inside whichever commit
+crosses its threshold and double that turn. It is off; the store counts what it
+appended (`checkpoint_due`) and `checkpoint()` is run by the server in a turn of
+its own, so the WAL stays bounded and no turn pays for both.
+
 Durability: `full` is synchronous=FULL (a commit is on disk when it returns),
 `normal` survives a process crash but may lose the last commits on power loss,
 `off` hands writes to the OS without syncing (process crash safe in WAL mode;
@@ -33,6 +38,7 @@ from runtime.logfmt import log_event
 log = logging.getLogger(__name__)
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+CHECKPOINT_EVERY_ROWS = 40_000  # about 1,000 WAL pages: SQLite's own default threshold
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bets (
@@ -105,6 +111,8 @@ class Store:
         self._db = sqlite3.connect(self.path, isolation_level=None, cached_statements=512)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._rows_since_checkpoint = 0
         self._db.executescript(SCHEMA)
         self._in_transaction = False
         self._savepoint = 0
@@ -150,6 +158,7 @@ class Store:
                 f"VALUES ({int(agency)}, ?, ?, ?, ?, ?)",
                 bets,
             )
+            self._rows_since_checkpoint += len(bets)
             self._db.execute(
                 "INSERT INTO agencies (agency, committed) VALUES (?, ?) "
                 "ON CONFLICT (agency) DO UPDATE SET committed = excluded.committed",
@@ -219,6 +228,23 @@ class Store:
             self._rollback()
             self._in_transaction = False
 
+    @property
+    def checkpoint_due(self) -> bool:
+        return self._rows_since_checkpoint >= CHECKPOINT_EVERY_ROWS and not self._in_transaction
+
+    def checkpoint(self) -> None:
+        """Copies the WAL into the database (PASSIVE: never waits for readers)."""
+        started = time.monotonic()
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as error:
+            log_event(log, logging.WARNING, "checkpoint", "in_progress", error=error)
+            return
+        self._rows_since_checkpoint = 0
+        elapsed = time.monotonic() - started
+        if elapsed > self.slow_commit_warning:
+            log_event(log, logging.WARNING, "checkpoint", "in_progress", slow_ms=f"{elapsed * 1000:.1f}")
+
     def _rollback(self) -> None:
         try:
             self._db.execute("ROLLBACK")
@@ -229,6 +255,10 @@ class Store:
         if self._in_transaction:
             self._rollback()
             self._in_transaction = False
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # the WAL is still valid; the next open replays it
         self._db.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import struct
@@ -23,20 +24,28 @@ PORT_LINE = re.compile(r"action: accept_connections \| result: in_progress \| po
 class ServerProcess:
     """`python -m reactor` on 127.0.0.1 and a free port; its stdout is collected."""
 
-    def __init__(self, db: Path, *args: str, module: str = "reactor", env: dict | None = None) -> None:
+    def __init__(self, db: Path, *args: str, module: str = "reactor", env: dict | None = None,
+                 fd_limit: int | None = None) -> None:
         self.db = db
         self.args = ["--host", "127.0.0.1", "--port", "0", "--db", str(db), *args]
         self.module = module
         self.env = env or {}
+        self.fd_limit = fd_limit
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
         self.port = 0
 
     def start(self, timeout: float = 15.0) -> "ServerProcess":
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **self.env}
+        limit = self.fd_limit
+
+        def lower_fd_limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=lower_fd_limit if limit else None,
         )
         self.lines = []
         port_seen = threading.Event()

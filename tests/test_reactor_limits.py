@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -73,6 +74,24 @@ def test_server_busy_at_the_connection_limit(tmp_path):
         assert error.code is E.SERVER_BUSY and busy.closed()
         first.close()
         assert wait_until(lambda: _welcomed(server.port, 3), timeout=5)
+
+
+def test_out_of_file_descriptors_pauses_accepting_then_recovers(tmp_path):
+    with ServerProcess(tmp_path / "bets.db", "--handshake-timeout", "30", fd_limit=48) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(60)]
+        assert wait_until(lambda: server.log_lines("accept", "in_progress"), timeout=5)  # EMFILE: paused
+        cpu_before = _cpu_seconds(server.pid)
+        time.sleep(1.0)
+        assert _cpu_seconds(server.pid) - cpu_before < 0.5  # paused with a timer, not spinning
+        for sock in held:
+            sock.close()
+        assert wait_until(lambda: _welcomed(server.port, 1), timeout=10)
+        assert server.proc.poll() is None
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _welcomed(port: int, agency: int) -> bool:
