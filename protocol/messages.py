@@ -18,7 +18,6 @@ MAX_FRAME_SIZE = 8192
 MAX_FRAME_LENGTH = MAX_FRAME_SIZE - HEADER_SIZE  # `len` counts the type byte and the payload
 
 U16_MAX = 0xFFFF
-U32_MAX = 0xFFFF_FFFF
 
 
 class FrameType(enum.IntEnum):

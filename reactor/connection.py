@@ -97,7 +97,7 @@ class Connection:
         "loop", "sock", "peer", "limits", "handler", "_budget", "_on_closed", "_decoder", "_out", "_out_size",
         "_paused_flow", "_paused_hold", "_input_done", "_closing", "_closed", "_interest", "_tls_handshaking",
         "_tls_wants_write", "_handshake_done", "_last_progress", "_frame_started", "_deadline_timer",
-        "_linger_timer", "bytes_in",
+        "_linger_timer",
     )
 
     def __init__(
@@ -132,7 +132,6 @@ class Connection:
         self._frame_started: float | None = None
         self._deadline_timer = None
         self._linger_timer = None
-        self.bytes_in = 0
 
     def start(self, handler: Handler) -> None:
         self.handler = handler
@@ -143,10 +142,6 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    @property
-    def pending_output(self) -> int:
-        return self._out_size
 
     def write(self, data: bytes) -> None:
         """Queues `data` to send; the one path to the send buffer, so the mark is checked here."""
@@ -220,7 +215,6 @@ class Connection:
             self._finish(f"peer gone while reading ({error.__class__.__name__})")
             return
         if data:
-            self.bytes_in += len(data)
             self._budget.remaining -= len(data)
         else:
             self._input_done = True
@@ -412,8 +406,9 @@ class Connection:
         except OSError:
             pass
         self._on_closed(self)
-        if self.handler is not None:
-            self.handler.connection_lost(reason)
+        handler, self.handler = self.handler, None  # no cycle left: refcounting frees both at once
+        if handler is not None:
+            handler.connection_lost(reason)
 
 
 def is_fd_exhaustion(error: OSError) -> bool:

@@ -78,12 +78,6 @@ class _Reply:
 
 
 @dataclass
-class _StagedBatch:
-    agency: Agency
-    stored: int
-
-
-@dataclass
 class LotteryConfig:
     agencies: int = 5
     winning_number: int = 7574  # RANDOM_WINNING_NUMBER to draw one with `secrets`
