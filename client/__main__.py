@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from runtime.logfmt import configure_logging, log_event
-from runtime.settings import Option, choice, load_settings, log_level, non_negative_int, positive_float, positive_int
+from runtime.settings import Option, choice, load_settings, log_level, non_negative_int, positive_int
 
 from .agency import Agency, AgencyConfig, AgencyFailed
 from .rows import BetFile, InvalidRow

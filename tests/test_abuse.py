@@ -11,8 +11,6 @@ import random
 import resource
 import socket
 import struct
-import time
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from client import BetFile, InvalidRow
-from datagen import bet_line, generate_bets, write_dataset
+from datagen import bet_line, generate_bets
 from tests.harness import ROOT, ServerProcess, exported_rows, file_rows, wait_until
 
 
