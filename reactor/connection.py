@@ -97,7 +97,7 @@ class Connection:
         "loop", "sock", "peer", "limits", "handler", "_budget", "_on_closed", "_decoder", "_out", "_out_size",
         "_paused_flow", "_paused_hold", "_input_done", "_closing", "_closed", "_interest", "_tls_handshaking",
         "_tls_wants_write", "_handshake_done", "_last_progress", "_frame_started", "_deadline_timer",
-        "_linger_timer",
+        "_linger_timer", "_discarding",
     )
 
     def __init__(
@@ -132,6 +132,7 @@ class Connection:
         self._frame_started: float | None = None
         self._deadline_timer = None
         self._linger_timer = None
+        self._discarding = False  # FIN sent; reading only to throw away what still comes
 
     def start(self, handler: Handler) -> None:
         self.handler = handler
@@ -183,7 +184,7 @@ class Connection:
         self._closing = True
         self._input_done = True
         if not self._out:
-            self._finish("closed by the server")
+            self._close_gracefully()
             return
         self._linger_timer = self.loop.call_later(self.limits.linger, self.abort, "send did not drain before close")
         self._update_interest()
@@ -194,6 +195,9 @@ class Connection:
 
     # --- what the loop calls ---------------------------------------------------------
     def on_readable(self) -> None:
+        if self._discarding:
+            self._discard_input()
+            return
         if self._tls_handshaking:
             self._continue_tls_handshake()
             return
@@ -258,7 +262,7 @@ class Connection:
             self._paused_flow = False
             self.loop.call_soon(self._deliver)
         if self._closing and not self._out:
-            self._finish("closed by the server")
+            self._close_gracefully()
             return
         self._update_interest()
 
@@ -335,7 +339,9 @@ class Connection:
     def _update_interest(self) -> None:
         if self._closed:
             return
-        if self._tls_handshaking:
+        if self._discarding:
+            wanted = _READ
+        elif self._tls_handshaking:
             wanted = _WRITE if self._tls_wants_write else _READ
         else:
             wanted = (_READ if self._reading() or self._tls_wants_write else 0) | (
@@ -388,6 +394,38 @@ class Connection:
             self.handler.timed_out(deadline[1])
         else:
             self._refresh_deadline()
+
+    def _close_gracefully(self) -> None:
+        """FIN, then close once the peer closes too (or `linger` passes).
+
+        Closing a socket whose receive queue holds unread bytes sends RST, and a RST
+        can destroy the last reply (an ERROR) still on its way to the peer. So the
+        write side is shut first and whatever the peer still sends is read and
+        thrown away, as web servers' "lingering close" does.
+        """
+        if isinstance(self.sock, ssl.SSLSocket):
+            self._finish("closed by the server")  # shutdown() would drop the TLS state
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._finish("closed by the server")
+            return
+        self._discarding = True
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        self._linger_timer = self.loop.call_later(min(self.limits.linger, 2.0), self._finish, "closed by the server")
+        self._update_interest()
+
+    def _discard_input(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._finish("closed by the server")
 
     def _finish(self, reason: str) -> None:
         if self._closed:

@@ -99,9 +99,12 @@ frames = st.one_of(
 def test_random_frame_sequences_never_crash_the_server_and_every_answer_is_protocol(server, sequence, agency):
     peer = Peer(server.port, timeout=3)
     try:
-        for data in ([p.encode(p.Hello(agency))] if agency else []) + sequence:  # None: no HELLO
-            peer.sock.sendall(data)
-        peer.sock.shutdown(socket.SHUT_WR)  # the server answers what came, then closes
+        try:
+            for data in ([p.encode(p.Hello(agency))] if agency else []) + sequence:  # None: no HELLO
+                peer.sock.sendall(data)
+            peer.sock.shutdown(socket.SHUT_WR)  # the server answers what came, then closes
+        except OSError:
+            pass  # the server already ended the session (a fatal error): read what it said
         while True:
             message = peer.read()  # decodes as a server frame, or raises
             if message is None:
@@ -109,8 +112,8 @@ def test_random_frame_sequences_never_crash_the_server_and_every_answer_is_proto
             assert isinstance(message, (p.Welcome, p.Ack, p.DoneAck, p.Winners, p.Error))
             if isinstance(message, p.Error):
                 assert isinstance(message.code, p.ErrorCode) and message.message
-    except (ConnectionResetError, BrokenPipeError, TimeoutError):
-        pass  # e.g. a held query: the server reads nothing more, and that is correct
+    except (ConnectionResetError, TimeoutError):
+        pass  # a held query (the server reads nothing more), or an abort: both correct
     finally:
         peer.close()
     assert server.proc.poll() is None, "the server died"
