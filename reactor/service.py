@@ -252,8 +252,7 @@ class Session:
         if self._ending or self._gone:
             return
         self._ending = True
-        if self.holds_query:
-            self.holds_query = False
+        self.holds_query = False  # a held query ends with its session
         self.connection.hold_reading()
         if self.agency is not None and self.agency.session is self:
             self.agency.session = None
