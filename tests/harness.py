@@ -58,7 +58,8 @@ class ServerProcess:
                     self.port = int(match.group(1))
                     port_seen.set()
 
-        threading.Thread(target=pump, args=(self.proc.stdout, self.lines), daemon=True).start()
+        self._pump = threading.Thread(target=pump, args=(self.proc.stdout, self.lines), daemon=True)
+        self._pump.start()
         if not port_seen.wait(timeout):
             self.kill()
             raise RuntimeError("server did not start:\n" + "\n".join(self.lines))
@@ -72,17 +73,23 @@ class ServerProcess:
         self.proc.send_signal(signum)
 
     def wait(self, timeout: float = 20.0) -> int:
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self._pump.join(10)  # every line the server wrote is in self.lines from here on
+        return code
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        return self.wait(timeout)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(10)
+            self.wait(10)
+
+    def wait_for_line(self, action: str, result: str | None = None, timeout: float = 10.0) -> bool:
+        """While the server runs its output is read on a thread: wait for a line that must come."""
+        return wait_until(lambda: self.log_lines(action, result), timeout=timeout)
 
     def log_lines(self, action: str, result: str | None = None) -> list[str]:
         needle = f"action: {action} | result: {result}" if result else f"action: {action} |"

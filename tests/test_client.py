@@ -50,16 +50,17 @@ def test_batches_are_exactly_max_amount_but_the_last_and_cantidad_sums_to_the_ro
             data = write_rows(tmp_path / f"agency-{agency}.csv", agency, rows)
             procs.append(client(server.port, agency, data, "--batch-max-amount", str(max_amount), "--log-level", "DEBUG"))
         outputs = [finish(proc) for proc in procs]
-        for agency, ((max_amount, rows), (code, out)) in enumerate(zip(CASES, outputs), start=1):
-            assert code == 0, out
-            sizes = [int(n) for n in re.findall(r"action: apuesta_enviada \| result: success \| cantidad: (\d+)", out)]
-            assert sum(sizes) == rows
-            assert all(size == max_amount for size in sizes[:-1]) and 0 < sizes[-1] <= max_amount
-            stored = [int(line.split("cantidad: ")[1].split(" ")[0])
-                      for line in server.log_lines("apuesta_recibida", "success") if line.endswith(f"| agency: {agency}")]
-            assert sum(stored) == rows
-            assert "action: consulta_ganadores | result: success | cant_ganadores: " in out
-            assert " | result: fail" not in out and "action: exit" not in out
+    # the server has stopped: every line it logged is read
+    for agency, ((max_amount, rows), (code, out)) in enumerate(zip(CASES, outputs), start=1):
+        assert code == 0, out
+        sizes = [int(n) for n in re.findall(r"action: apuesta_enviada \| result: success \| cantidad: (\d+)", out)]
+        assert sum(sizes) == rows
+        assert all(size == max_amount for size in sizes[:-1]) and 0 < sizes[-1] <= max_amount
+        stored = [int(line.split("cantidad: ")[1].split(" ")[0])
+                  for line in server.log_lines("apuesta_recibida", "success") if line.endswith(f"| agency: {agency}")]
+        assert sum(stored) == rows
+        assert "action: consulta_ganadores | result: success | cant_ganadores: " in out
+        assert " | result: fail" not in out and "action: exit" not in out
 
 
 def test_a_killed_client_rerun_with_another_batch_size_stores_every_row_once(tmp_path):

@@ -79,7 +79,7 @@ def test_server_busy_at_the_connection_limit(tmp_path):
 def test_out_of_file_descriptors_pauses_accepting_then_recovers(tmp_path):
     with ServerProcess(tmp_path / "bets.db", "--handshake-timeout", "30", fd_limit=48) as server:
         held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(60)]
-        assert wait_until(lambda: server.log_lines("accept", "in_progress"), timeout=5)  # EMFILE: paused
+        assert server.wait_for_line("accept", "in_progress", timeout=5)  # EMFILE: paused
         cpu_before = _cpu_seconds(server.pid)
         time.sleep(1.0)
         assert _cpu_seconds(server.pid) - cpu_before < 0.5  # paused with a timer, not spinning
@@ -114,7 +114,7 @@ def test_a_peer_that_never_reads_is_paused_not_buffered(tmp_path):
         assert setup.read() == p.DoneAck()
         setup.close()
         assert _welcomed_done(server.port, 2)
-        assert wait_until(lambda: server.log_lines("sorteo", "success"))
+        assert server.wait_for_line("sorteo", "success")
         rss_before = server.rss_kb()
 
         spammer = socket.socket()
@@ -232,8 +232,9 @@ def test_storage_failed_stores_nothing_keeps_serving_and_the_client_completes(tm
         assert second.code in (E.STORAGE_FAILED, E.SEQUENCE_GAP)  # nothing of 151.. was stored
         peer.send(p.Bets(1, big))  # the session goes on
         assert peer.read() == p.Ack(1, 150)
-        assert server.log_lines("apuesta_recibida", "fail")
-        assert any("database or disk is full" in line for line in server.lines)
+        assert server.wait_for_line("apuesta_recibida", "fail")
+        assert server.wait_for_line("store", "fail")
+        assert "database or disk is full" in server.log_lines("store", "fail")[0]  # the cause is logged
 
         results = {}
 

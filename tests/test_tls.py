@@ -39,7 +39,7 @@ def test_course_scenario_over_tls(tmp_path, certificate):
         assert plain.closed()
         results = run_agencies(server.port, dict(enumerate(dataset.files, start=1)), tls=True, tls_ca=str(cert))
         assert {a: r.winners for a, r in results.items()} == dataset.winners
-        assert len(server.log_lines("sorteo", "success")) == 1
+    assert len(server.log_lines("sorteo", "success")) == 1
 
 
 def test_a_client_that_cannot_verify_the_server_refuses_it(tmp_path, certificate):
