@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 RECV_SIZE = 64 * 1024
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-_PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -107,10 +106,10 @@ class Connection:
         peer: str,
         limits: ConnectionLimits,
         on_closed: Callable[["Connection"], None],
-        budget: TurnBudget | None = None,
+        budget: TurnBudget,
     ) -> None:
         self.loop = loop
-        self._budget = budget or TurnBudget()
+        self._budget = budget
         self.sock = sock
         self.peer = peer
         self.limits = limits
@@ -151,7 +150,7 @@ class Connection:
         if not self._out and not self._tls_handshaking:
             try:
                 sent = self._send(data)
-            except _PEER_GONE as error:
+            except OSError as error:  # ssl.SSLError included; a reset is an ordinary close
                 self._finish(f"peer gone while sending ({error.__class__.__name__})")
                 return
             if sent:
@@ -161,13 +160,15 @@ class Connection:
             data = memoryview(data)[sent:]
         self._out.append(data)
         self._out_size += len(data)
-        if self._out_size > self.limits.high_water and not self._paused_flow:
+        if self._out_size > self.limits.high_water:
             self._paused_flow = True
+            self._frame_started = None  # a frame we stop reading is not the peer's delay
         self._update_interest()
 
     def hold_reading(self) -> None:
         """Reads nothing more (buffered messages included) until `release_reading()`."""
         self._paused_hold = True
+        self._frame_started = None  # a frame we stop reading is not the peer's delay
         self._update_interest()
         self._refresh_deadline()
 
@@ -201,7 +202,7 @@ class Connection:
         if self._tls_handshaking:
             self._continue_tls_handshake()
             return
-        if self._tls_wants_write:  # a TLS write waits for the peer's bytes
+        if self._tls_wants_write:  # a TLS write waited for the peer's bytes: retry it first
             self.on_writable()
             if self._closed:
                 return
@@ -215,7 +216,7 @@ class Connection:
             self._tls_wants_write = True
             self._update_interest()
             return
-        except (OSError, ssl.SSLError) as error:
+        except OSError as error:  # ssl.SSLError included
             self._finish(f"peer gone while reading ({error.__class__.__name__})")
             return
         if data:
@@ -242,12 +243,7 @@ class Connection:
                 self._out.append(head)
             try:
                 sent = self._send(head)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
-                break
-            except ssl.SSLWantReadError:
-                self._tls_wants_write = True
-                break
-            except (OSError, ssl.SSLError) as error:
+            except OSError as error:
                 self._finish(f"peer gone while sending ({error.__class__.__name__})")
                 return
             if sent:
@@ -285,7 +281,8 @@ class Connection:
             self._handshake_done = True
             self._last_progress = self.loop.time()
             self.handler.message_received(message)
-        if self._decoder.inside_frame:
+        # The frame clock runs only while we read: paused, buffered bytes are ours to wait on.
+        if self._decoder.inside_frame and self._reading():
             if self._frame_started is None:
                 self._frame_started = self.loop.time()
         else:
@@ -309,9 +306,13 @@ class Connection:
         return data
 
     def _send(self, data) -> int:
+        """Bytes the kernel took; 0 when it takes none now (TLS may first need the peer's bytes)."""
         try:
             return self.sock.send(data)
         except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+            return 0
+        except ssl.SSLWantReadError:
+            self._tls_wants_write = True
             return 0
 
     def _continue_tls_handshake(self) -> None:
@@ -321,7 +322,7 @@ class Connection:
             self._tls_wants_write = False
         except ssl.SSLWantWriteError:
             self._tls_wants_write = True
-        except (OSError, ssl.SSLError) as error:
+        except OSError as error:  # ssl.SSLError included
             self._finish(f"TLS handshake failed ({error.__class__.__name__})")
             return
         else:

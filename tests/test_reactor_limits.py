@@ -64,6 +64,16 @@ def test_idle_deadline_but_not_while_a_query_is_held(short_server):
         holder.read(timeout=1.5)  # still held, past the idle deadline
 
 
+def test_a_held_query_with_frames_behind_it_is_not_cut_by_the_frame_deadline(short_server):
+    holder = Peer(short_server.port)
+    holder.hello(1)
+    # the query is held; the DONE behind it stays unread, and no frame deadline applies
+    holder.send(p.Done(), p.WinnersQuery(), p.Done())
+    assert holder.read() == p.DoneAck()
+    with pytest.raises(TimeoutError):
+        holder.read(timeout=2.0)  # frame_timeout is 0.6 s: still held, not TIMEOUT
+
+
 def test_server_busy_at_the_connection_limit(tmp_path):
     with ServerProcess(tmp_path / "bets.db", "--max-connections", "2") as server:
         first, second = Peer(server.port), Peer(server.port)
