@@ -92,7 +92,7 @@ class Server:
         if self.tls is not None:
             sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         self.accepted += 1
-        connection = Connection(self.loop, sock, peer, self.limits, self.connections.discard, self._budget)
+        connection = Connection(self.loop, sock, peer, self.limits, self._connection_closed, self._budget)
         self.connections.add(connection)
         connection.start(self.lottery.new_session(connection))
         log_event(log, logging.DEBUG, "accept", "success", peer=peer)
@@ -129,13 +129,13 @@ class Server:
         log_event(log, logging.INFO, "close_listener", "success", port=self.port)
         self.lottery.shutdown()
         self.loop.call_later(self.drain_timeout, self._abort_all)
-        self._stop_when_idle()
-
-    def _stop_when_idle(self) -> None:
-        if self.connections:
-            self.loop.call_later(0.01, self._stop_when_idle)
-        else:
+        if not self.connections:
             self.loop.stop()
+
+    def _connection_closed(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        if self._draining and not self.connections:
+            self.loop.stop()  # drained: the last session got its answers
 
     def _abort_all(self) -> None:
         for connection in list(self.connections):

@@ -184,9 +184,9 @@ class Session:
             )
             return
         ack = encode(Ack(batch.first, batch.count))
-        if batch.last <= agency.staged:  # stored before: nothing to store again
+        if batch.last <= agency.staged:  # stored before: nothing to store again, nothing to wait for
+            log_event(log, logging.INFO, "apuesta_recibida", "success", cantidad=0, agency=agency.number)
             self._reply_after_commit_of(agency, batch.last, ack, batch.first)
-            self.lottery._note_stored(agency, 0)
             return
         if agency.done_staged:
             self._reject(batch, ErrorCode.AGENCY_CLOSED, "this agency sent DONE; it takes no new bets")

@@ -87,7 +87,7 @@ def test_random_kills_lose_nothing_acknowledged_and_store_everything_once(tmp_pa
     finally:
         server.stop()
     print(f"{kills} kills; acknowledged {sum(acked.values())} of {sum(dataset.rows)} bets")
-    assert kills >= KILLS or sum(dataset.rows) <= sum(acked.values())
+    assert kills >= 2, "ingest ended before the server was killed twice: the test proved little"
     exported = exported_rows(db)
     for agency, path in enumerate(dataset.files, start=1):
         assert [row[1:] for row in exported if row[0] == str(agency)] == file_rows(path)
