@@ -28,7 +28,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from protocol import (
@@ -411,8 +411,7 @@ class Lottery:
                     number = secrets.randbelow(10_000)
                 self._draw_staged = self.store.stage_draw(number)
             else:
-                mark = self.store.stage_winner_scan(self.draw, self.draw.scanned_to, DRAW_SCAN_SLICE)
-                self._draw_staged = replace(self.draw, scanned_to=mark, finished=mark >= self.draw.last_rowid)
+                self._draw_staged = self.store.stage_winner_scan(self.draw, DRAW_SCAN_SLICE)
         except StorageError as error:
             self._storage_failed(error)
             self._loop.call_later(1.0, self._advance_draw)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -183,18 +183,18 @@ class Store:
             )
         return DrawState(winning_number, drawn_at, 0, last, False)
 
-    def stage_winner_scan(self, draw: DrawState, scanned_to: int, slice_size: int) -> int:
-        """Scans bets after `scanned_to` (at most `slice_size` rowids) for winners; returns the new mark."""
-        upper = min(draw.last_rowid, scanned_to + slice_size)
+    def stage_winner_scan(self, draw: DrawState, slice_size: int) -> DrawState:
+        """Scans the next `slice_size` rowids after `draw.scanned_to` for winners; the draw after it."""
+        upper = min(draw.last_rowid, draw.scanned_to + slice_size)
+        finished = upper >= draw.last_rowid
         with self._piece():
             self._db.execute(
                 "INSERT OR IGNORE INTO winners (bet_rowid, agency, document) "
                 "SELECT rowid, agency, document FROM bets WHERE rowid > ? AND rowid <= ? AND number = ?",
-                (scanned_to, upper, draw.winning_number),
+                (draw.scanned_to, upper, draw.winning_number),
             )
-            finished = 1 if upper >= draw.last_rowid else 0
-            self._db.execute("UPDATE draw SET scanned_to = ?, finished = ? WHERE id = 1", (upper, finished))
-        return upper
+            self._db.execute("UPDATE draw SET scanned_to = ?, finished = ? WHERE id = 1", (upper, int(finished)))
+        return replace(draw, scanned_to=upper, finished=finished)
 
     def _piece(self):
         return _Savepoint(self)
