@@ -2,8 +2,9 @@
 
 Theory of operation. One turn of `run()`:
 1. `select` with a timeout up to the nearest timer (0 when callbacks are ready);
-2. for each ready key, call `key.data.on_readable()` / `on_writable()`: the
-   registered object is the handler, so there is no side table keyed by fd;
+2. for each ready key still registered, call `key.data.on_readable()` /
+   `on_writable()`: the registered object is the handler, so there is no side
+   table keyed by fd (and a handler closed earlier in the turn is skipped);
 3. run the timers that are due (cancelled ones are skipped lazily);
 4. run the callbacks that were ready when the turn began (new ones wait for the
    next turn, so a callback that schedules another cannot starve I/O);
@@ -158,13 +159,14 @@ class EventLoop:
         events = self.selector.select(timeout)
         started = self.time()
 
+        registered = self.selector.get_map()  # a live view
         for key, mask in events:
-            handler = key.data
-            if mask & selectors.EVENT_READ:
-                handler.on_readable()
-            # The read may have closed the handler; only a still-registered one writes.
-            if mask & selectors.EVENT_WRITE and self.selector.get_map().get(key.fd) is key:
-                handler.on_writable()
+            # A handler earlier in this turn (or this one's own read) may have closed
+            # this one: only a key still registered gets its call.
+            if mask & selectors.EVENT_READ and registered.get(key.fd) is key:
+                key.data.on_readable()
+            if mask & selectors.EVENT_WRITE and registered.get(key.fd) is key:
+                key.data.on_writable()
 
         now = self.time()
         while self._timers and self._timers[0][0] <= now:

@@ -75,7 +75,7 @@ def test_random_kills_lose_nothing_acknowledged_and_store_everything_once(tmp_pa
                 snapshot = dict(acked)  # every ACK read before the server was gone
             kills += 1
             if signum == signal.SIGTERM:
-                assert code == 0, "a drain must exit 0"
+                assert code == 0, "a drain must exit 0:\n" + "\n".join(server.lines[-15:])
             stored = stored_per_agency(db)
             lost = {a: (stored.get(a, 0), n) for a, n in snapshot.items() if stored.get(a, 0) < n}
             assert not lost, f"acknowledged bets lost after kill {kills}: {lost}"

@@ -1,0 +1,69 @@
+"""The event loop's own rules, without the lottery."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+
+from reactor.loop import EventLoop
+
+
+class Recorder:
+    def __init__(self, name, calls, on_read=None):
+        self.name, self.calls, self.on_read = name, calls, on_read
+
+    def on_readable(self):
+        self.calls.append(self.name)
+        if self.on_read:
+            self.on_read()
+
+    def on_writable(self):
+        self.calls.append(self.name + " writable")
+
+
+def test_a_handler_unregistered_earlier_in_the_turn_is_not_called():
+    loop = EventLoop()
+    pairs = [socket.socketpair() for _ in range(2)]
+    calls = []
+    for reader, writer in pairs:
+        writer.send(b"x")  # both readers are ready in the same select
+    first, second = pairs[0][0], pairs[1][0]
+
+    def close_the_other(other):
+        def close():
+            loop.unregister(other)
+            other.close()
+        return close
+
+    # whichever the selector reports first closes the other one
+    loop.register(first, selectors.EVENT_READ, Recorder("first", calls, close_the_other(second)))
+    loop.register(second, selectors.EVENT_READ, Recorder("second", calls, close_the_other(first)))
+    loop.run_once()
+    assert len(calls) == 1, calls
+    for _, writer in pairs:
+        writer.close()
+    loop.close()
+
+
+def test_timers_run_in_order_and_cancelled_ones_never():
+    loop = EventLoop()
+    calls = []
+    loop.call_later(0.02, calls.append, "late")
+    cancelled = loop.call_later(0.01, calls.append, "cancelled")
+    loop.call_later(0.0, calls.append, "soon")
+    cancelled.cancel()
+    while len(calls) < 2:
+        loop.run_once()
+    assert calls == ["soon", "late"]
+    loop.close()
+
+
+def test_callbacks_scheduled_by_callbacks_wait_for_the_next_turn():
+    loop = EventLoop()
+    calls = []
+    loop.call_soon(lambda: (calls.append(1), loop.call_soon(calls.append, 2)))
+    loop.run_once()
+    assert calls == [1]
+    loop.run_once()
+    assert calls == [1, 2]
+    loop.close()
