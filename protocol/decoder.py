@@ -23,7 +23,6 @@ from .messages import (
     MAX_FRAME_LENGTH,
     PROTOCOL_VERSION,
     Ack,
-    Bet,
     Bets,
     Done,
     DoneAck,
@@ -122,6 +121,9 @@ def decode_bets_payload(payload: bytes) -> Bets:
     Field lengths are read by offset arithmetic with no bounds check per field: a
     length that runs past the end makes a later index raise IndexError, or leaves
     the offset short of or beyond the end, and each of those is MALFORMED_FRAME.
+    Each bet comes out as a plain 5-tuple, in `Bet`'s field order: building a tuple
+    is one opcode, building a `Bet` a Python call, and these tuples go straight to
+    validation and then to the store.
     """
     if len(payload) < 6:
         raise _malformed("payload shorter than its fields")
@@ -143,7 +145,7 @@ def decode_bets_payload(payload: bytes) -> Bets:
             document = payload[off + 2 : end].decode()
             off = end + 2 + ((payload[end] << 8) | payload[end + 1])
             birthdate = payload[end + 2 : off].decode()
-            append(Bet(first_name, last_name, document, birthdate, (payload[off] << 8) | payload[off + 1]))
+            append((first_name, last_name, document, birthdate, (payload[off] << 8) | payload[off + 1]))
             off += 2
     except IndexError:
         raise _malformed("payload shorter than its fields") from None

@@ -38,16 +38,9 @@ def _frame(frame_type: FrameType, payload: bytes) -> bytes:
 
 
 def encode_bet(bet) -> bytes:
-    """One bet as it stands inside a BETS payload."""
-    return b"".join(
-        (
-            _string(bet.first_name),
-            _string(bet.last_name),
-            _string(bet.document),
-            _string(bet.birthdate),
-            _U16.pack(bet.number),
-        )
-    )
+    """One bet (a `Bet` or a tuple in its field order) as it stands inside a BETS payload."""
+    first_name, last_name, document, birthdate, number = bet
+    return b"".join((_string(first_name), _string(last_name), _string(document), _string(birthdate), _U16.pack(number)))
 
 
 def _hello(m: Hello) -> bytes:

@@ -91,10 +91,14 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Bets:
-    """A batch: bets numbered `first` to `first + len(bets) - 1` of one agency."""
+    """A batch: bets numbered `first` to `first + len(bets) - 1` of one agency.
+
+    Each bet is a `Bet` or a plain tuple in its field order (the decoder makes
+    plain tuples; they compare equal to the `Bet` with the same fields).
+    """
 
     first: int
-    bets: tuple[Bet, ...]
+    bets: tuple[tuple, ...]
 
     @property
     def count(self) -> int:
