@@ -73,8 +73,9 @@ class Agency:
 @dataclass(slots=True)
 class _Reply:
     data: bytes
-    waits_for_commit: bool = False
-    if_commit_fails: bytes | None = None
+    # Set when the reply waits for the turn's commit: the `first` that the
+    # STORAGE_FAILED sent in its place names if the commit fails.
+    commit_first: int | None = None
 
 
 @dataclass
@@ -200,7 +201,7 @@ class Session:
             return
         agency.staged = batch.last
         self.lottery._note_stored(agency, len(new_bets))
-        self._reply(ack, waits_for_commit=True, if_commit_fails=_storage_failed_frame(batch.first))
+        self._reply(ack, commit_first=batch.first)
 
     def _done(self) -> None:
         agency = self.agency
@@ -212,11 +213,7 @@ class Session:
                 self._reply(_storage_failed_frame(0))
                 return
             agency.done_staged = True
-        self._reply(
-            encode(DoneAck()),
-            waits_for_commit=not agency.done,
-            if_commit_fails=_storage_failed_frame(0),
-        )
+        self._reply(encode(DoneAck()), commit_first=None if agency.done else 0)
 
     def _winners_query(self) -> None:
         agency = self.agency
@@ -229,19 +226,18 @@ class Session:
             self.connection.hold_reading()
 
     # --- replies -------------------------------------------------------------------
-    def _reply(self, message, waits_for_commit: bool = False, if_commit_fails: bytes | None = None) -> None:
+    def _reply(self, message, commit_first: int | None = None) -> None:
         data = message if isinstance(message, bytes) else encode(message)
-        if waits_for_commit:
+        if commit_first is not None:
             self.lottery._waiting.add(self)
-        if not self._outbox and not waits_for_commit:
+        elif not self._outbox:
             self.connection.write(data)
             return
-        self._outbox.append(_Reply(data, waits_for_commit, if_commit_fails))
+        self._outbox.append(_Reply(data, commit_first))
 
     def _reply_after_commit_of(self, agency: Agency, last: int, data: bytes, first: int) -> None:
         # A resent batch already staged this turn is durable only once the turn commits.
-        waits = last > agency.committed
-        self._reply(data, waits_for_commit=waits, if_commit_fails=_storage_failed_frame(first) if waits else None)
+        self._reply(data, commit_first=first if last > agency.committed else None)
 
     def _reject(self, batch: Bets, code: ErrorCode, message: str) -> None:
         log_event(log, logging.INFO, "apuesta_recibida", "fail", cantidad=batch.count, agency=self.agency.number,
@@ -272,7 +268,7 @@ class Session:
     def _commit_settled(self, committed: bool) -> None:
         """The turn's commit is over: waiting replies go out, or become their failure."""
         released = [
-            reply.if_commit_fails if reply.waits_for_commit and not committed and reply.if_commit_fails else reply.data
+            reply.data if committed or reply.commit_first is None else _storage_failed_frame(reply.commit_first)
             for reply in self._outbox
         ]
         self._outbox.clear()
