@@ -5,11 +5,16 @@ Scenarios (each on a fresh database, every configuration `--repeats` times, medi
   2 scale     50 agencies x 20,000 bets (1,000,000), window 8
   3 idle      scenario 2 with 10,000 idle connections held open
   4 latency   5 agencies, window 1
-Servers: ours (`python -m reactor`), asyncio.Protocol and ThreadingTCPServer versions
-of the same service and store (bench/servers.py), each at durability full and off,
-and a null server that only ACKs (the load generator's ceiling). Ratios are to ours
-in the same run: these machines are shared and noisy, so only same-run ratios compare.
-Results print as a table and go to bench/results/latest.json.
+Servers: ours (`python -m reactor`); an `asyncio.Protocol` server written the
+straightforward way (a commit per BETS frame); `asyncio-turn`, the same with the
+central's group commit ported onto it (the control: only the I/O layer differs);
+a thread per connection (`socketserver.ThreadingTCPServer`); and a null server that
+only ACKs (the load generator's ceiling). All but null run the same lottery service
+and SQLite store (bench/servers.py). PLAN below says which run in which scenario
+and at which durability; --servers and --durability narrow it.
+Before the servers, the floors: the codec and the store alone, in this process.
+Ratios are to ours in the same run: these machines are shared and noisy, so only
+same-run ratios compare. Results print as a table and go to bench/results/latest.json.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 
 from datagen import COURSE_SIZES, agency_sizes
 
+from .floors import measure as measure_floors
 from .loadgen import AgencyLoad, LoadGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,19 +159,36 @@ def raise_fd_limit(wanted: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, wanted)), hard))
 
 
+PLAN = {
+    "course": [("ours", "full"), ("ours", "off"), ("asyncio", "full"), ("asyncio", "off"), ("threaded", "full")],
+    "scale": [("ours", "full"), ("ours", "off"), ("asyncio", "full"), ("asyncio", "off"), ("asyncio-turn", "full"),
+              ("threaded", "full"), ("null", "off")],
+    "idle": [("ours", "full"), ("asyncio", "full"), ("threaded", "full")],
+    "latency": [("ours", "full"), ("ours", "off"), ("asyncio", "full"), ("asyncio", "off"), ("threaded", "full")],
+}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default="course,scale,idle,latency")
-    parser.add_argument("--servers", default="ours,asyncio,threaded")
-    parser.add_argument("--durability", default="full,off")
+    parser.add_argument("--scenarios", default=",".join(PLAN))
+    parser.add_argument("--servers", default="ours,asyncio,asyncio-turn,threaded,null",
+                        help="run only these servers of the plan")
+    parser.add_argument("--durability", default="full,off", help="run only these durabilities of the plan")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="shrink every scenario (smoke runs)")
     parser.add_argument("--processes", type=int, default=2, help="load generator processes")
     parser.add_argument("--max-amount", type=int, default=150)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args(argv)
+    servers, durabilities = args.servers.split(","), args.durability.split(",")
 
+    started = time.monotonic()
+    floor_bets = max(1_000, int(200_000 * args.scale))
+    floors = measure_floors(floor_bets, "full", args.max_amount)
+    print(f"  floors: codec {floors['codec_bets_per_s']:,.0f} bets/s, store (full) "
+          f"{floors['store_bets_per_s']:,.0f} bets/s, both on one core {floors['serial_floor_bets_per_s']:,.0f}",
+          flush=True)
     raise_fd_limit(12_000)  # scenario 3, in this process and the servers it starts
     generator = LoadGenerator(args.processes)
     rows = []
@@ -174,10 +197,9 @@ def main(argv=None) -> int:
             for name in args.scenarios.split(","):
                 loads, window, idle = scenario_loads(name, args.scale)
                 generator.prepare(loads, args.max_amount)
-                configs = [(s, d) for s in args.servers.split(",") for d in args.durability.split(",")]
-                if name == "scale":
-                    configs.append(("null", "off"))
-                for kind, durability in configs:
+                for kind, durability in PLAN[name]:
+                    if kind not in servers or durability not in durabilities and kind != "null":
+                        continue
                     runs = [measure(generator, kind, durability, len(loads), window, idle, Path(tmp))
                             for _ in range(args.repeats)]
                     row = {"scenario": name, "server": kind, "durability": durability, "runs": runs}
@@ -185,14 +207,30 @@ def main(argv=None) -> int:
                         values = [r[key] for r in runs if r[key] is not None]
                         row[key] = statistics.median(values) if values else None
                     rows.append(row)
-                    print(f"  {name:8} {kind:9} {durability:5} {row['bets_per_s']:>10,.0f} bets/s "
+                    print(f"  {name:8} {kind:12} {durability:5} {row['bets_per_s']:>10,.0f} bets/s "
                           f"p99 {row['ack_p99_ms']:.1f} ms", flush=True)
     finally:
         generator.close()
 
-    ours = {(r["scenario"], r["durability"]): r for r in rows if r["server"] == "ours"}
     print()
-    header = (f"{'scenario':9} {'server':9} {'dur':4} {'bets/s':>10} {'x ours':>7} {'p50 ms':>7} {'p99 ms':>7} "
+    print_table(rows)
+    print()
+    print_targets(rows, floors)
+    machine = {"python": platform.python_version(), "platform": platform.platform(),
+               "cpus": os.cpu_count(), "processor": _cpu_model()}
+    minutes = (time.monotonic() - started) / 60
+    print(f"\nmachine: {machine['cpus']} CPUs, {machine['processor']}, Python {machine['python']}; "
+          f"medians of {args.repeats} runs; {minutes:.1f} minutes")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "args": vars(args) | {"out": str(args.out)},
+                                    "floors": floors, "rows": rows}, indent=2))
+    print(f"saved {args.out}")
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    ours = {(r["scenario"], r["durability"]): r for r in rows if r["server"] == "ours"}
+    header = (f"{'scenario':9} {'server':12} {'dur':4} {'bets/s':>10} {'x ours':>7} {'p50 ms':>7} {'p99 ms':>7} "
               f"{'RSS MB':>7} {'CPU s':>6} {'turn ms':>7} {'B/idle':>7}")
     print(header)
     print("-" * len(header))
@@ -201,18 +239,35 @@ def main(argv=None) -> int:
         ratio = r["bets_per_s"] / base["bets_per_s"] if base else float("nan")
         turn = f"{r['longest_turn_ms']:.1f}" if r.get("longest_turn_ms") is not None else "-"
         idle_each = f"{r['idle_bytes_each']:.0f}" if r.get("idle_bytes_each") else "-"
-        print(f"{r['scenario']:9} {r['server']:9} {r['durability']:4} {r['bets_per_s']:>10,.0f} {ratio:>7.2f} "
+        print(f"{r['scenario']:9} {r['server']:12} {r['durability']:4} {r['bets_per_s']:>10,.0f} {ratio:>7.2f} "
               f"{r['ack_p50_ms']:>7.2f} {r['ack_p99_ms']:>7.2f} {r['peak_rss_mb']:>7.1f} {r['cpu_s']:>6.2f} "
               f"{turn:>7} {idle_each:>7}")
-    machine = {"python": platform.python_version(), "platform": platform.platform(),
-               "cpus": os.cpu_count(), "processor": _cpu_model()}
-    print(f"\nmachine: {machine['cpus']} CPUs, {machine['processor']}, Python {machine['python']}; "
-          f"medians of {args.repeats} runs; ratios are bets/s relative to ours at the same durability")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "args": vars(args) | {"out": str(args.out)}, "rows": rows},
-                                   indent=2))
-    print(f"saved {args.out}")
-    return 0
+    print("x ours: bets/s relative to ours at the same durability; turn ms: the central's longest loop "
+          "turn; B/idle: server RSS per idle connection")
+
+
+def print_targets(rows: list[dict], floors: dict) -> None:
+    """Issue #7's targets against this run's figures (what is missing is skipped)."""
+    get = {(r["scenario"], r["server"], r["durability"]): r for r in rows}.get
+    print("targets (issue #7) in this run:")
+    ours = get(("scale", "ours", "full"))
+    if ours:
+        rate = ours["bets_per_s"]
+        print(f"  scale, full: ours {rate:,.0f} bets/s (target 400,000); "
+              f"{rate / floors['serial_floor_bets_per_s']:.0%} of this machine's one-core floor")
+        others = [(kind, get(("scale", kind, "full"))) for kind in ("asyncio", "asyncio-turn", "threaded")]
+        ratios = ", ".join(f"{rate / other['bets_per_s']:.2f}x {kind}" for kind, other in others if other)
+        if ratios:
+            print(f"    {ratios} (target: 2x asyncio)")
+        print(f"  longest turn during scale: {ours.get('longest_turn_ms', float('nan')):.1f} ms (target < 50)")
+    idle = get(("idle", "ours", "full"))
+    if idle and ours:
+        print(f"  idle: {idle['idle_bytes_each']:,.0f} bytes per idle session (target <= 2,048); scale slowed "
+              f"by {1 - idle['bets_per_s'] / ours['bets_per_s']:+.0%} with them (target <= 10%)")
+    latency, asyncio_latency = get(("latency", "ours", "full")), get(("latency", "asyncio", "full"))
+    if latency and asyncio_latency:
+        print(f"  latency, full: ACK p99 {latency['ack_p99_ms']:.1f} ms, asyncio {asyncio_latency['ack_p99_ms']:.1f} ms "
+              f"(target: no worse)")
 
 
 def _cpu_model() -> str:

@@ -1,8 +1,11 @@
 """The designs people would otherwise pick, for comparison: same protocol, same service,
 same store, different I/O. `python -m bench.servers asyncio|threaded|null --port P --db D`.
 
-- asyncio: an `asyncio.Protocol` per connection; the service's turn-end commit is
-  scheduled once per burst of `data_received` calls (the same group commit).
+- asyncio: an `asyncio.Protocol` per connection, written the straightforward way:
+  each frame is handled and committed before the next (a commit per BETS frame).
+- asyncio-turn: the same, but the commit is scheduled once per burst of
+  `data_received` calls (the central's group commit, ported onto asyncio). It is the
+  control: against it only the I/O layer differs.
 - threaded: `socketserver.ThreadingTCPServer`, a thread per connection; one lock
   around the service and store, a commit after each burst a thread decoded.
 - null: ACKs every batch at once, stores nothing: the load generator's ceiling.
@@ -31,6 +34,14 @@ def announce(port: int) -> None:
     print(f"action: accept_connections | result: in_progress | port: {port}", flush=True)
 
 
+def end_turn(lottery: Lottery) -> None:
+    """Commits what was staged and, like the central, checkpoints the WAL when it is due
+    (the store turns SQLite's automatic checkpoint off)."""
+    lottery.end_of_turn()
+    if lottery.store.checkpoint_due:
+        lottery.store.checkpoint()
+
+
 # --- asyncio ------------------------------------------------------------------------
 class _AsyncioConnection:
     """The service's view of an asyncio transport."""
@@ -56,9 +67,10 @@ class _AsyncioConnection:
 
 
 class _LotteryProtocol(asyncio.Protocol):
-    def __init__(self, lottery: Lottery, schedule_commit) -> None:
+    def __init__(self, lottery: Lottery, schedule_commit, commit_each_frame: bool) -> None:
         self.lottery = lottery
         self.schedule_commit = schedule_commit
+        self.commit_each_frame = commit_each_frame
 
     def connection_made(self, transport) -> None:
         self.decoder = p.FrameDecoder(p.Role.SERVER)
@@ -71,6 +83,8 @@ class _LotteryProtocol(asyncio.Protocol):
                 if message is p.PEER_CLOSED:
                     break
                 self.session.message_received(message)
+                if self.commit_each_frame:
+                    end_turn(self.lottery)
         except p.ProtocolError as error:
             self.session.protocol_error(error)
         self.schedule_commit()
@@ -102,7 +116,7 @@ class _CommittingLoop:
         self._loop.call_later(delay, self._run, callback, args)
 
 
-def serve_asyncio(port: int, db: str, agencies: int, durability: str) -> None:
+def serve_asyncio(port: int, db: str, agencies: int, durability: str, commit_each_frame: bool = True) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         lottery = None
@@ -111,7 +125,7 @@ def serve_asyncio(port: int, db: str, agencies: int, durability: str) -> None:
         def commit() -> None:
             nonlocal pending
             pending = False
-            lottery.end_of_turn()
+            end_turn(lottery)
 
         def schedule_commit() -> None:
             nonlocal pending
@@ -120,8 +134,9 @@ def serve_asyncio(port: int, db: str, agencies: int, durability: str) -> None:
                 loop.call_soon(commit)
 
         lottery = Lottery(Store(db, durability), LotteryConfig(agencies), _CommittingLoop(loop, schedule_commit))
-        server = await loop.create_server(lambda: _LotteryProtocol(lottery, schedule_commit), "127.0.0.1", port,
-                                          backlog=4096)
+        server = await loop.create_server(
+            lambda: _LotteryProtocol(lottery, schedule_commit, commit_each_frame), "127.0.0.1", port, backlog=4096
+        )
         announce(server.sockets[0].getsockname()[1])
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -180,7 +195,7 @@ def serve_threaded(port: int, db: str, agencies: int, durability: str) -> None:
         def _locked(callback, args):
             with lock:
                 callback(*args)
-                lottery.end_of_turn()
+                end_turn(lottery)
 
     lottery = Lottery(store, LotteryConfig(agencies), Loop())
 
@@ -207,7 +222,7 @@ def serve_threaded(port: int, db: str, agencies: int, durability: str) -> None:
                                 break
                     except p.ProtocolError as error:
                         session.protocol_error(error)
-                    lottery.end_of_turn()
+                    end_turn(lottery)
                 if not data:
                     break
             with lock:
@@ -256,7 +271,12 @@ def serve_null(port: int, db: str, agencies: int, durability: str) -> None:
     asyncio.run(main())
 
 
-SERVERS = {"asyncio": serve_asyncio, "threaded": serve_threaded, "null": serve_null}
+SERVERS = {
+    "asyncio": serve_asyncio,
+    "asyncio-turn": functools.partial(serve_asyncio, commit_each_frame=False),
+    "threaded": serve_threaded,
+    "null": serve_null,
+}
 
 
 def main(argv=None) -> None:

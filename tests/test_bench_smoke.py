@@ -22,11 +22,14 @@ def test_codec_benchmark_runs():
 
 def test_server_benchmark_runs_every_scenario_and_saves_json(tmp_path):
     out_file = tmp_path / "bench.json"
-    out = run("-m", "bench", "--scale", "0.01", "--repeats", "1", "--servers", "ours,asyncio,threaded",
-              "--durability", "off", "--out", str(out_file))
-    assert "x ours" in out and "machine:" in out
-    rows = json.loads(out_file.read_text())["rows"]
+    out = run("-m", "bench", "--scale", "0.01", "--repeats", "1", "--durability", "full", "--out", str(out_file))
+    assert "x ours" in out and "machine:" in out and "targets (issue #7)" in out and "floors:" in out
+    saved = json.loads(out_file.read_text())
+    rows = saved["rows"]
     assert {(r["scenario"], r["server"]) for r in rows} >= {
-        ("course", "ours"), ("scale", "asyncio"), ("scale", "null"), ("idle", "threaded"), ("latency", "ours"),
+        ("course", "ours"), ("scale", "asyncio"), ("scale", "asyncio-turn"), ("scale", "null"), ("idle", "threaded"),
+        ("latency", "ours"),
     }
+    assert {r["durability"] for r in rows if r["server"] != "null"} == {"full"}
     assert all(r["bets"] > 0 for r in rows)
+    assert saved["floors"]["serial_floor_bets_per_s"] > 0
