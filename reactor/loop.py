@@ -4,7 +4,10 @@ Theory of operation. One turn of `run()`:
 1. `select` with a timeout up to the nearest timer (0 when callbacks are ready);
 2. for each ready key still registered, call `key.data.on_readable()` /
    `on_writable()`: the registered object is the handler, so there is no side
-   table keyed by fd (and a handler closed earlier in the turn is skipped);
+   table keyed by fd (and a handler closed earlier in the turn is skipped). At
+   most `MAX_EVENTS_PER_TURN` keys are served; readiness is level-triggered, so
+   the rest are reported again next turn (10,000 peers hanging up at once would
+   otherwise make one turn of a few hundred milliseconds);
 3. run the timers that are due (cancelled ones are skipped lazily);
 4. run the callbacks that were ready when the turn began (new ones wait for the
    next turn, so a callback that schedules another cannot starve I/O);
@@ -32,6 +35,8 @@ from typing import Callable
 from runtime.logfmt import log_event
 
 log = logging.getLogger(__name__)
+
+MAX_EVENTS_PER_TURN = 1024
 
 
 class Timer:
@@ -160,7 +165,7 @@ class EventLoop:
         started = self.time()
 
         registered = self.selector.get_map()  # a live view
-        for key, mask in events:
+        for key, mask in events[:MAX_EVENTS_PER_TURN]:
             # A handler earlier in this turn (or this one's own read) may have closed
             # this one: only a key still registered gets its call.
             if mask & selectors.EVENT_READ and registered.get(key.fd) is key:

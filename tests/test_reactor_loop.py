@@ -67,3 +67,26 @@ def test_callbacks_scheduled_by_callbacks_wait_for_the_next_turn():
     loop.run_once()
     assert calls == [1, 2]
     loop.close()
+
+
+def test_a_turn_serves_at_most_max_events_and_the_rest_come_next_turn(monkeypatch):
+    monkeypatch.setattr("reactor.loop.MAX_EVENTS_PER_TURN", 8)
+    loop = EventLoop()
+    pairs = [socket.socketpair() for _ in range(20)]
+    calls = []
+    for index, (reader, writer) in enumerate(pairs):
+        writer.send(b"x")
+
+        def drain(reader=reader):
+            reader.recv(1)  # served once: no longer ready
+        loop.register(reader, selectors.EVENT_READ, Recorder(index, calls, drain))
+    turns = []
+    while len(calls) < len(pairs):
+        loop.run_once()
+        turns.append(len(calls))
+    assert turns == [8, 16, 20]
+    assert sorted(calls) == list(range(len(pairs)))  # each served exactly once
+    for reader, writer in pairs:
+        reader.close()
+        writer.close()
+    loop.close()
