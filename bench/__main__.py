@@ -61,13 +61,13 @@ class Server:
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+        # Waits for the listening line rather than probing with a connection, which
+        # would still be closing while the idle connections are counted.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            if "action: accept_connections | result: in_progress" in self.log.read_text():
                 return
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         raise RuntimeError(f"{kind} did not start: {self.log.read_text()}")
 
     def status_kb(self, key: str) -> int:
@@ -75,6 +75,9 @@ class Server:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
         return 0
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -96,14 +99,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def open_idle(port: int, count: int) -> list[socket.socket]:
+def open_idle(server: Server, count: int) -> list[socket.socket]:
+    """`count` connections that send nothing, returned once the server holds them all
+    (its fd count says so: a burst of connects overflows the accept queue, and the
+    kernel's SYN retries would otherwise land them during the measured run)."""
+    base = server.fd_count()
     sockets = []
     for _ in range(count):
         sock = socket.socket()
         sock.setblocking(False)
-        sock.connect_ex(("127.0.0.1", port))
+        sock.connect_ex(("127.0.0.1", server.port))
         sockets.append(sock)
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while server.fd_count() < base + count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.kind} holds {server.fd_count() - base} of {count} idle connections")
+        time.sleep(0.1)
+    time.sleep(0.5)  # let the accept bursts' garbage settle before RSS is read
     return sockets
 
 
@@ -116,15 +128,15 @@ def measure(generator: LoadGenerator, kind: str, durability: str, agencies: int,
             workdir: Path) -> dict:
     server = Server(kind, durability, agencies, workdir)
     rss_base = server.status_kb("VmRSS")
-    idle_sockets = open_idle(server.port, idle) if idle else []
+    idle_sockets = open_idle(server, idle) if idle else []
     rss_idle = server.status_kb("VmRSS")
     cpu_before = server.cpu_seconds()
     result, wall = generator.run(server.port, window)
     cpu = server.cpu_seconds() - cpu_before
     peak = server.status_kb("VmHWM")
+    extra = server.stop()  # before the idle connections close: their hang-up is not the run's
     for sock in idle_sockets:
         sock.close()
-    extra = server.stop()
     if result.errors:
         raise RuntimeError(f"{kind}/{durability}: {result.errors[:3]}")
     return {

@@ -39,7 +39,7 @@ class Server:
         max_connections: int,
         drain_timeout: float,
         tls: ssl.SSLContext | None = None,
-        backlog: int = 1024,
+        backlog: int = 4096,  # the kernel caps it at net.core.somaxconn
     ) -> None:
         self.loop = loop
         self.lottery = lottery
