@@ -33,3 +33,5 @@ def test_server_benchmark_runs_every_scenario_and_saves_json(tmp_path):
     assert {r["durability"] for r in rows if r["server"] != "null"} == {"full"}
     assert all(r["bets"] > 0 for r in rows)
     assert saved["floors"]["serial_floor_bets_per_s"] > 0
+    idle_ours = next(r for r in rows if (r["scenario"], r["server"]) == ("idle", "ours"))
+    assert idle_ours["without_idle_bets_per_s"] > 0 and idle_ours["idle_bytes_each"] > 0
