@@ -224,6 +224,7 @@ def main(argv=None) -> int:
                         values = [r[key] for r in runs if r[key] is not None]
                         row[key] = statistics.median(values) if values else None
                     if without_idle:
+                        row["without_idle_runs"] = without_idle
                         row["without_idle_bets_per_s"] = statistics.median(without_idle)
                     rows.append(row)
                     print(f"  {name:8} {kind:12} {durability:5} {row['bets_per_s']:>10,.0f} bets/s "
