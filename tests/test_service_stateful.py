@@ -245,3 +245,22 @@ class LotteryMachine(RuleBasedStateMachine):
 
 
 TestLottery = LotteryMachine.TestCase
+
+
+def test_a_drain_ends_the_sessions_a_slice_a_turn_and_each_gets_shutting_down(monkeypatch):
+    monkeypatch.setattr("reactor.service.DRAIN_SESSIONS_PER_TURN", 4)
+    loop = FakeLoop()
+    lottery = Lottery(Store(":memory:"), LotteryConfig(agencies=AGENCIES), loop)
+    connections = [FakeConnection() for _ in range(10)]
+    for connection in connections:
+        lottery.new_session(connection)
+    lottery.shutdown()
+    closed_after_each_turn = [sum(c.closed for c in connections)]
+    while loop.ready:
+        ready, loop.ready = loop.ready, []
+        for callback, args in ready:
+            callback(*args)
+        closed_after_each_turn.append(sum(c.closed for c in connections))
+    assert closed_after_each_turn == [4, 8, 10]
+    for connection in connections:
+        assert [reply.code for reply in connection.replies()] == [E.SHUTTING_DOWN]
