@@ -124,7 +124,8 @@ class Store:
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._rows_since_checkpoint = 0
         self._db.executescript(SCHEMA)
-        self._rows_per_insert = min(MAX_ROWS_PER_INSERT, (self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1) // 5)
+        variables = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # 999 before SQLite 3.32
+        self._rows_per_insert = min(MAX_ROWS_PER_INSERT, (variables - 1) // 5)
         self._in_transaction = False
         self._savepoint = 0
         self.commits = 0

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 import protocol as p
-from datagen import write_dataset
 from client import Agency, AgencyConfig, AgencyFailed
+from datagen import write_dataset
 from tests.harness import Peer, ServerProcess, run_agencies
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
