@@ -70,7 +70,7 @@ class TurnBudget:
     readiness is level-triggered. The server resets it at the end of every turn.
     """
 
-    def __init__(self, per_turn: int = 96 * 1024) -> None:
+    def __init__(self, per_turn: int = 64 * 1024) -> None:
         self.per_turn = per_turn
         self.remaining = per_turn
 
