@@ -63,7 +63,8 @@ class ConnectionLimits:
 
 
 class TurnBudget:
-    """Bytes all connections together may read in one loop turn.
+    """Bytes all connections together may read in one loop turn (TLS may add the
+    rest of a record it already decrypted).
 
     Bounds a turn's work (decode, validate, stage, commit) whatever the number of
     busy peers; a connection that finds it spent is read in the next turn, since
@@ -209,7 +210,7 @@ class Connection:
         if self._budget.remaining <= 0:
             return
         try:
-            data = self._recv()
+            data = self._recv(min(RECV_SIZE, self._budget.remaining))
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
             return
         except ssl.SSLWantWriteError:
@@ -295,8 +296,8 @@ class Connection:
         self._update_interest()
         self.handler.protocol_error(error)
 
-    def _recv(self) -> bytes:
-        data = self.sock.recv(RECV_SIZE)
+    def _recv(self, size: int) -> bytes:
+        data = self.sock.recv(size)
         if isinstance(self.sock, ssl.SSLSocket) and data:
             # Bytes already decrypted inside the SSL object never wake the selector.
             chunks = [data]

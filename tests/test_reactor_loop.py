@@ -90,3 +90,38 @@ def test_a_turn_serves_at_most_max_events_and_the_rest_come_next_turn(monkeypatc
         reader.close()
         writer.close()
     loop.close()
+
+
+def test_a_turn_reads_no_more_than_the_turn_budget():
+    import protocol as p
+    from reactor.connection import Connection, ConnectionLimits, TurnBudget
+
+    class Handler:
+        def __init__(self):
+            self.messages = []
+
+        def message_received(self, message):
+            self.messages.append(message)
+
+        protocol_error = eof_received = timed_out = connection_lost = lambda self, *args: None
+
+    loop = EventLoop()
+    server_side, peer = socket.socketpair()
+    server_side.setblocking(False)
+    budget = TurnBudget(per_turn=10_000)
+    handler = Handler()
+    connection = Connection(loop, server_side, "test", ConnectionLimits(), lambda c: None, budget)
+    connection.start(handler)
+    bets = tuple(p.Bet("Ana", "Gómez", f"{n:08d}", "1990-01-01", n) for n in range(150))
+    frames = [p.encode(p.Bets(first, bets)) for first in range(1, 1 + 5 * 150, 150)]
+    peer.sendall(b"".join(frames))  # ~40 KB, well inside the socket buffer
+    read_per_turn = []
+    while len(handler.messages) < len(frames):
+        loop.run_once()
+        read_per_turn.append(budget.per_turn - budget.remaining)
+        budget.reset()
+    assert max(read_per_turn) <= budget.per_turn
+    assert sum(read_per_turn) == sum(map(len, frames))
+    connection.abort()
+    peer.close()
+    loop.close()
