@@ -7,7 +7,11 @@ Theory of operation. One turn of `run()`:
    table keyed by fd (and a handler closed earlier in the turn is skipped). At
    most `MAX_EVENTS_PER_TURN` keys are served; readiness is level-triggered, so
    the rest are reported again next turn (10,000 peers hanging up at once would
-   otherwise make one turn of a few hundred milliseconds);
+   otherwise make one turn of a few hundred milliseconds). A handler whose
+   `on_readable()` returns False *declined* (its turn's read budget was spent):
+   declined keys go first next turn, those that waited longest first. epoll hands
+   ready keys back in the same order turn after turn, so without this the keys at
+   its head would take every turn's budget while the rest starve;
 3. run the timers that are due (cancelled ones are skipped lazily);
 4. run the callbacks that were ready when the turn began (new ones wait for the
    next turn, so a callback that schedules another cannot starve I/O);
@@ -93,6 +97,7 @@ class EventLoop:
         self._sequence = itertools.count()
         self._ready: deque[tuple[Callable, tuple]] = deque()
         self._end_of_turn: list[Callable[[], None]] = []
+        self._declined: dict[int, int] = {}  # fd -> turns in a row it declined to read
         self._signal_callbacks: dict[int, Callable[[int], None]] = {}
         self._wakeup: _SignalWakeup | None = None
         self._running = False
@@ -165,13 +170,18 @@ class EventLoop:
         started = self.time()
 
         registered = self.selector.get_map()  # a live view
+        waited, declined = self._declined, {}
+        if waited:
+            events.sort(key=lambda event: -waited.get(event[0].fd, 0))  # stable: epoll's order otherwise
         for key, mask in events[:MAX_EVENTS_PER_TURN]:
             # A handler earlier in this turn (or this one's own read) may have closed
             # this one: only a key still registered gets its call.
             if mask & selectors.EVENT_READ and registered.get(key.fd) is key:
-                key.data.on_readable()
+                if key.data.on_readable() is False:
+                    declined[key.fd] = waited.get(key.fd, 0) + 1
             if mask & selectors.EVENT_WRITE and registered.get(key.fd) is key:
                 key.data.on_writable()
+        self._declined = declined
 
         now = self.time()
         while self._timers and self._timers[0][0] <= now:

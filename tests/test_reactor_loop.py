@@ -125,3 +125,35 @@ def test_a_turn_reads_no_more_than_the_turn_budget():
     connection.abort()
     peer.close()
     loop.close()
+
+
+def test_readers_that_declined_go_first_next_turn_so_none_starves():
+    loop = EventLoop()
+    pairs = [socket.socketpair() for _ in range(6)]
+    budget = {"reads_left": 0, "turn": 0}
+    served = []
+
+    class Reader:
+        def __init__(self, index, sock):
+            self.index, self.sock = index, sock
+
+        def on_readable(self):
+            if budget["reads_left"] <= 0:
+                return False  # declined, as a connection does when the turn's budget is spent
+            budget["reads_left"] -= 1
+            self.sock.recv(1)  # plenty stays buffered: still ready next turn
+            served.append((budget["turn"], self.index))
+
+    for index, (reader, writer) in enumerate(pairs):
+        writer.send(b"x" * 100)
+        loop.register(reader, selectors.EVENT_READ, Reader(index, reader))
+    for turn in range(6):
+        budget.update(reads_left=2, turn=turn)
+        loop.run_once()
+    # six readers, two reads a turn: every reader within the first three turns, twice in six
+    assert {index for turn, index in served if turn < 3} == set(range(6))
+    assert sorted(index for _, index in served) == sorted(list(range(6)) * 2)
+    for reader, writer in pairs:
+        reader.close()
+        writer.close()
+    loop.close()
