@@ -40,7 +40,7 @@ from runtime.logfmt import log_event
 log = logging.getLogger(__name__)
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
-CHECKPOINT_EVERY_ROWS = 40_000  # about 1,000 WAL pages: SQLite's own default threshold
+CHECKPOINT_EVERY_ROWS = 20_000  # ~500 WAL pages, half SQLite's default: one took 92 ms at 40,000
 MAX_ROWS_PER_INSERT = 400  # a valid BETS frame holds at most ~355 bets: one statement a batch
 
 SCHEMA = """
