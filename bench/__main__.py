@@ -1,6 +1,7 @@
 """`python -m bench` (`make bench`): the server measured the way an operator would.
 
-Scenarios (each on a fresh database, every configuration `--repeats` times, medians):
+Scenarios (each on a fresh database, every configuration `--repeats` times, in
+round robin, medians):
   1 course    5 agencies, the course's uneven sizes (78,697 bets), window 8
   2 scale     50 agencies x 20,000 bets (1,000,000), window 8
   3 idle      scenario 2 with 10,000 idle connections held open (ours also runs
@@ -210,22 +211,22 @@ def main(argv=None) -> int:
             for name in args.scenarios.split(","):
                 loads, window, idle = scenario_loads(name, args.scale)
                 generator.prepare(loads, args.max_amount)
-                for kind, durability in PLAN[name]:
-                    if kind not in servers or durability not in durabilities and kind != "null":
-                        continue
-                    runs, without_idle = [], []
-                    for _ in range(args.repeats):
-                        runs.append(measure(generator, kind, durability, len(loads), window, idle, Path(tmp)))
-                        if idle and kind == "ours":  # interleaved, so the machine's drift hits both alike
+                configs = [(kind, durability) for kind, durability in PLAN[name]
+                           if kind in servers and (durability in durabilities or kind == "null")]
+                runs = {config: [] for config in configs}
+                without_idle = []
+                # Round robin over the configurations, so that the machine's drift over
+                # minutes hits every server alike and same-run ratios stay comparable.
+                for _ in range(args.repeats):
+                    for kind, durability in configs:
+                        runs[kind, durability].append(
+                            measure(generator, kind, durability, len(loads), window, idle, Path(tmp)))
+                        if idle and kind == "ours":
                             without_idle.append(
                                 measure(generator, kind, durability, len(loads), window, 0, Path(tmp))["bets_per_s"])
-                    row = {"scenario": name, "server": kind, "durability": durability, "runs": runs}
-                    for key in runs[0]:
-                        values = [r[key] for r in runs if r[key] is not None]
-                        # a stall is judged by the worst run, everything else by the median
-                        summary = max if key == "longest_turn_ms" else statistics.median
-                        row[key] = summary(values) if values else None
-                    if without_idle:
+                for (kind, durability), config_runs in runs.items():
+                    row = summarize(name, kind, durability, config_runs)
+                    if idle and kind == "ours":
                         row["without_idle_runs"] = without_idle
                         row["without_idle_bets_per_s"] = statistics.median(without_idle)
                     rows.append(row)
@@ -248,6 +249,16 @@ def main(argv=None) -> int:
                                     "floors": floors, "rows": rows}, indent=2))
     print(f"saved {args.out}")
     return 0
+
+
+def summarize(scenario: str, kind: str, durability: str, runs: list[dict]) -> dict:
+    row = {"scenario": scenario, "server": kind, "durability": durability, "runs": runs}
+    for key in runs[0]:
+        values = [r[key] for r in runs if r[key] is not None]
+        # a stall is judged by the worst run, everything else by the median
+        summary = max if key == "longest_turn_ms" else statistics.median
+        row[key] = summary(values) if values else None
+    return row
 
 
 def print_table(rows: list[dict]) -> None:
