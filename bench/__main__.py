@@ -40,9 +40,9 @@ from datagen import COURSE_SIZES, agency_sizes
 
 from .floors import measure as measure_floors
 from .loadgen import AgencyLoad, LoadGenerator
+from .proc import cpu_seconds, fd_count, free_port, status_kb
 
 ROOT = Path(__file__).resolve().parents[1]
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Server:
@@ -73,17 +73,13 @@ class Server:
         raise RuntimeError(f"{kind} did not start: {self.log.read_text()}")
 
     def status_kb(self, key: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        return 0
+        return status_kb(self.proc.pid, key)
 
     def fd_count(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        return fd_count(self.proc.pid)
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> dict:
         self.proc.send_signal(signal.SIGTERM)
@@ -93,12 +89,6 @@ class Server:
             self.proc.kill()
         match = re.search(r"action: shutdown .*longest_turn_ms: ([\d.]+)", self.log.read_text())
         return {"longest_turn_ms": float(match.group(1))} if match else {}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def open_idle(server: Server, count: int) -> list[socket.socket]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,17 +17,9 @@ from pathlib import Path
 
 from datagen import bet_line, generate_bets
 
+from .proc import free_port, status_kb
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def peak_rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def run_one(rows: int, workdir: Path) -> tuple[int, float]:
@@ -36,9 +27,7 @@ def run_one(rows: int, workdir: Path) -> tuple[int, float]:
     with open(data, "w", encoding="utf-8", newline="") as out:
         for bet in generate_bets(1, rows):
             out.write(bet_line(bet))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", str(port),
                                "--db", str(workdir / f"{rows}.db"), "--agencies", "1", "--log-level", "WARNING"],
@@ -50,7 +39,7 @@ def run_one(rows: int, workdir: Path) -> tuple[int, float]:
                               stdout=subprocess.DEVNULL)
     peak = 0
     while client.poll() is None:
-        peak = max(peak, peak_rss_kb(client.pid))
+        peak = max(peak, status_kb(client.pid, "VmHWM"))
         time.sleep(0.05)
     elapsed = time.monotonic() - started
     server.terminate()
