@@ -17,11 +17,11 @@ from reactor.store import Store
 
 from .codec import run as run_codec
 
-BETS_PER_COMMIT = 2_000  # about what one of the central's turns stages under load
+BETS_PER_COMMIT = 1_400  # what one of the central's turns stages under load (711 commits a million bets)
 
 
 def store_bets_per_s(bets_total: int, durability: str, max_amount: int) -> float:
-    """The Store alone: `stage_bets` of `max_amount`-bet batches, a commit every ~2,000 bets."""
+    """The Store alone: `stage_bets` of `max_amount`-bet batches, a commit every ~1,400 bets."""
     rows = [tuple(bet) for bet in generate_bets(1, bets_total)]
     with tempfile.TemporaryDirectory(prefix="lottery-floor-") as tmp:
         store = Store(Path(tmp) / "floor.db", durability)
