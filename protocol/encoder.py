@@ -62,8 +62,25 @@ def _winners(m: Winners) -> bytes:
     return _frame(FrameType.WINNERS, head + b"".join(map(_string, m.documents)))
 
 
+# The longest message an ERROR frame carries: the frame less its code, first and u16 length.
+_MAX_ERROR_MESSAGE = MAX_FRAME_LENGTH - 1 - 6 - 2
+_CUT_MARK = "..."
+
+
+def fit_error_message(message: str) -> str:
+    """`message` cut (at a character boundary, marked) to what one ERROR frame carries.
+
+    A server builds messages from what peers send; however long that was, the
+    ERROR that reports it must still be encodable.
+    """
+    raw = message.encode()
+    if len(raw) <= _MAX_ERROR_MESSAGE:
+        return message
+    return raw[: _MAX_ERROR_MESSAGE - len(_CUT_MARK)].decode(errors="ignore") + _CUT_MARK
+
+
 def _error(m: Error) -> bytes:
-    return _frame(FrameType.ERROR, struct.pack(">HI", m.code, m.first) + _string(m.message))
+    return _frame(FrameType.ERROR, struct.pack(">HI", m.code, m.first) + _string(fit_error_message(m.message)))
 
 
 _ENCODERS = {

@@ -23,6 +23,7 @@ MAX_NUMBER = 9999
 EARLIEST_BIRTHDATE = "1900-01-01"
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+QUOTE_LIMIT = 24  # characters of a peer's field quoted back in a reason
 _DATE_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 
 
@@ -36,6 +37,17 @@ class BetProblem:
 
     def __str__(self) -> str:
         return f"bet {self.index}: {self.field}: {self.reason}"
+
+
+def quoted(value: str) -> str:
+    """`value` as a reason quotes it: repr() of at most QUOTE_LIMIT characters.
+
+    A reason goes back to the peer inside an ERROR frame and into the log, so what a
+    peer sent must not decide its length (a field of 8,000 bytes would not fit).
+    """
+    if len(value) <= QUOTE_LIMIT:
+        return repr(value)
+    return f"{value[:QUOTE_LIMIT]!r}... ({len(value)} characters)"
 
 
 def utc_today() -> date:
@@ -68,11 +80,11 @@ def bet_problem(bet: Bet, today_iso: str) -> tuple[str, str] | None:
     if reason:
         return "last_name", reason
     if not (1 <= len(document) <= MAX_DOCUMENT_LENGTH and document.isascii() and document.isdigit()):
-        return "document", f"must be 1 to {MAX_DOCUMENT_LENGTH} ASCII digits, is {document!r}"
+        return "document", f"must be 1 to {MAX_DOCUMENT_LENGTH} ASCII digits, is {quoted(document)}"
     if not (EARLIEST_BIRTHDATE <= birthdate <= today_iso and _DATE_SHAPE.match(birthdate)):
         # YYYY-MM-DD strings order like their dates, so the range test is a string compare.
         if not _DATE_SHAPE.match(birthdate):
-            return "birthdate", f"must be a date written YYYY-MM-DD, is {birthdate!r}"
+            return "birthdate", f"must be a date written YYYY-MM-DD, is {quoted(birthdate)}"
         return "birthdate", f"must be from {EARLIEST_BIRTHDATE} to {today_iso}, is {birthdate}"
     try:
         date.fromisoformat(birthdate)

@@ -234,3 +234,18 @@ def test_encoding_refuses_values_that_do_not_fit():
         p.encode(p.Ack(first=U32_MAX + 1, count=1))
     with pytest.raises(ValueError):
         p.encode(p.Bets(first=1, bets=(p.Bet("a", "b", "1", "2000-01-01", 0x10000),)))
+
+
+@given(st.text(min_size=1, max_size=8), st.integers(0, 9000))
+def test_an_error_message_of_any_length_is_cut_to_fit_one_frame(piece, repeat):
+    message = piece * repeat
+    frame = p.encode(p.Error(p.ErrorCode.INVALID_BET, message, 7))
+    assert len(frame) <= p.MAX_FRAME_SIZE
+    decoder = p.FrameDecoder(p.Role.CLIENT)
+    decoder.receive_data(frame)
+    decoded = decoder.next_message()
+    assert decoded.first == 7
+    if len(message.encode()) + 6 + 2 + 1 <= p.MAX_FRAME_LENGTH:
+        assert decoded.message == message
+    else:
+        assert decoded.message.endswith("...") and message.startswith(decoded.message[:-3])

@@ -92,3 +92,13 @@ def test_today_is_the_utc_date_by_default():
 @given(valid_bets)
 def test_generated_valid_bets_pass(bet):
     assert p.first_invalid_bet([bet], today=TODAY) is None
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("document", "\x01" * 2100), ("document", "a" * 8150), ("birthdate", "\\" * 4200)],
+)
+def test_a_reason_quotes_a_bounded_part_of_a_huge_field(field, value):
+    found = problem(**{field: value})
+    assert found.field == field
+    assert len(str(found)) < 200 and f"({len(value)} characters)" in found.reason
