@@ -23,10 +23,12 @@ import socketserver
 import sqlite3
 import sys
 import threading
+import time
 
 import protocol as p
 from reactor.service import Lottery, LotteryConfig
 from reactor.store import Store
+from reactor.turn import TurnEnd
 from runtime.logfmt import configure_logging
 
 
@@ -35,11 +37,8 @@ def announce(port: int) -> None:
 
 
 def end_turn(lottery: Lottery) -> None:
-    """Commits what was staged and, like the central, checkpoints the WAL when it is due
-    (the store turns SQLite's automatic checkpoint off)."""
-    lottery.end_of_turn()
-    if lottery.store.checkpoint_due:
-        lottery.store.checkpoint()
+    """The central's own end of a turn (commit, answer, checkpoint when due), without a loop."""
+    TurnEnd(lottery)()
 
 
 # --- asyncio ------------------------------------------------------------------------
@@ -114,6 +113,16 @@ class _CommittingLoop:
 
     def call_later(self, delay: float, callback, *args) -> None:
         self._loop.call_later(delay, self._run, callback, args)
+
+    def call_at(self, when: float, callback, *args) -> None:
+        self._loop.call_at(when, self._run, callback, args)
+
+    def time(self) -> float:
+        return self._loop.time()
+
+    @staticmethod
+    def isolate(owner, callback, *args):
+        return callback(*args)
 
 
 def serve_asyncio(port: int, db: str, agencies: int, durability: str, commit_each_frame: bool = True) -> None:
@@ -190,6 +199,17 @@ def serve_threaded(port: int, db: str, agencies: int, durability: str) -> None:
 
         def call_later(self, delay, callback, *args):
             threading.Timer(delay, self._locked, (callback, args)).start()
+
+        def call_at(self, when, callback, *args):
+            self.call_later(max(0.0, when - self.time()), callback, *args)
+
+        @staticmethod
+        def time():
+            return time.monotonic()
+
+        @staticmethod
+        def isolate(owner, callback, *args):
+            return callback(*args)
 
         @staticmethod
         def _locked(callback, args):

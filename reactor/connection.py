@@ -66,20 +66,31 @@ class ConnectionLimits:
 
 
 class TurnBudget:
-    """Bytes all connections together may read in one loop turn (TLS may add the
-    rest of a record it already decrypted).
+    """What all connections together may take in one loop turn: bytes read (TLS may
+    add the rest of a record it already decrypted) and messages handed over.
 
-    Bounds a turn's work (decode, validate, stage, commit) whatever the number of
-    busy peers; a connection that finds it spent is read in the next turn, since
-    readiness is level-triggered. The server resets it at the end of every turn.
+    Bounds a turn's work (decode, validate, stage, log, answer, commit) whatever the
+    number of busy peers. Bytes alone do not: the same bytes cut into the smallest
+    frames are a hundred times the messages. A connection that finds the budget
+    spent is owed a read first in the next turn (the loop's declined readers). The
+    server resets it at the end of every turn.
     """
 
-    def __init__(self, per_turn: int = 64 * 1024) -> None:
+    __slots__ = ("per_turn", "frames_per_turn", "remaining", "frames")
+
+    def __init__(self, per_turn: int = 64 * 1024, frames_per_turn: int = 256) -> None:
         self.per_turn = per_turn
+        self.frames_per_turn = frames_per_turn
         self.remaining = per_turn
+        self.frames = frames_per_turn
 
     def reset(self) -> None:
         self.remaining = self.per_turn
+        self.frames = self.frames_per_turn
+
+    def spend_all(self) -> None:
+        """Nothing more this turn (the next turn is the checkpoint's)."""
+        self.remaining = self.frames = 0
 
 
 class Handler(Protocol):
@@ -100,7 +111,7 @@ class Connection:
         "loop", "sock", "peer", "limits", "handler", "_budget", "_on_closed", "_decoder", "_out", "_out_size",
         "_paused_flow", "_paused_hold", "_input_done", "_closing", "_closed", "_interest", "_tls_handshaking",
         "_tls_wants_write", "_handshake_done", "_last_progress", "_frame_started", "_deadline_timer",
-        "_linger_timer", "_discarding",
+        "_linger_timer", "_discarding", "_owed", "_on_established",
     )
 
     def __init__(
@@ -111,6 +122,7 @@ class Connection:
         limits: ConnectionLimits,
         on_closed: Callable[["Connection"], None],
         budget: TurnBudget,
+        on_established: Callable[["Connection"], None] | None = None,
     ) -> None:
         self.loop = loop
         self._budget = budget
@@ -119,6 +131,7 @@ class Connection:
         self.limits = limits
         self.handler: Handler | None = None
         self._on_closed = on_closed
+        self._on_established = on_established  # told when the first message arrives
         self._decoder = FrameDecoder(Role.SERVER)
         self._out: list[memoryview | bytes] = []  # a list: an empty deque costs ~600 bytes a peer
         self._out_size = 0
@@ -136,6 +149,7 @@ class Connection:
         self._deadline_timer = None
         self._linger_timer = None
         self._discarding = False  # FIN sent; reading only to throw away what still comes
+        self._owed = False  # decoded messages wait for the next turn's budget
 
     def start(self, handler: Handler) -> None:
         self.handler = handler
@@ -198,6 +212,11 @@ class Connection:
         """Closes now, dropping whatever was not sent."""
         self._finish(reason)
 
+    def fault(self, error: BaseException) -> None:
+        """An unexpected exception in this connection's work (the loop isolated it):
+        this connection ends now, and only it."""
+        self._finish(f"fault ({type(error).__name__})")
+
     # --- what the loop calls ---------------------------------------------------------
     def on_readable(self) -> bool | None:
         if self._discarding:
@@ -210,6 +229,12 @@ class Connection:
             self.on_writable()
             if self._closed:
                 return
+        if self._owed:  # what was decoded before goes first, and nothing more is read until it went
+            self._deliver()
+            if self._owed:
+                return False
+        if not self._reading():
+            return
         if self._budget.remaining <= 0:
             return False  # declined: the loop offers this connection first next turn
         try:
@@ -268,8 +293,14 @@ class Connection:
 
     # --- inside --------------------------------------------------------------------
     def _deliver(self) -> None:
-        """Hands buffered messages to the handler while nothing stops reading."""
+        """Hands buffered messages to the handler while nothing stops reading and the
+        turn's budget lasts; what the budget did not cover is owed a read next turn."""
+        self._owed = False
+        budget = self._budget
         while not (self._closed or self._closing or self._paused_hold or self._paused_flow):
+            if budget.frames <= 0:
+                self._owed = True
+                break
             try:
                 message = self._decoder.next_message()
             except ProtocolError as error:
@@ -282,17 +313,26 @@ class Connection:
                 self._update_interest()
                 self.handler.eof_received()
                 break
-            self._handshake_done = True
+            budget.frames -= 1
+            if not self._handshake_done:
+                self._handshake_done = True
+                if self._on_established is not None:
+                    self._on_established(self)
             self._last_progress = self.loop.time()
             self.handler.message_received(message)
         # The frame clock runs only while we read: paused, buffered bytes are ours to wait on.
-        if self._decoder.inside_frame and self._reading():
+        if self._decoder.inside_frame and self._reading() and not self._owed:
             if self._frame_started is None:
                 self._frame_started = self.loop.time()
         else:
             self._frame_started = None
         self._update_interest()
         self._refresh_deadline()
+        if self._owed and not self._closed:
+            if self._interest & _READ:
+                self.loop.read_next_turn(self.sock)
+            else:  # input is over (EOF), so the selector will not report us: come back anyway
+                self.loop.call_soon(self._deliver)
 
     def _protocol_error(self, error: ProtocolError) -> None:
         self._input_done = True

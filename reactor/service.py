@@ -50,13 +50,15 @@ from protocol import (
 )
 from runtime.logfmt import log_event
 
-from .store import DrawState, StorageError, Store
+from .store import DatabaseLost, DrawState, StorageError, Store
 
 log = logging.getLogger(__name__)
 
 RANDOM_WINNING_NUMBER = -1  # "draw it with secrets when the draw happens"
 DRAW_SCAN_SLICE = 50_000  # rowids scanned for winners per loop turn
-DRAIN_SESSIONS_PER_TURN = 200  # ~40 ms of SHUTTING_DOWN, close and log lines here
+DRAIN_SESSIONS_PER_TURN = 200  # sessions ended per turn of a drain
+DRAW_RETRY_FIRST = 0.1  # seconds before a failed draw step is tried again; doubles up to the cap
+DRAW_RETRY_CAP = 5.0
 
 
 @dataclass
@@ -81,9 +83,16 @@ class _Reply:
 
 @dataclass
 class LotteryConfig:
+    """The lottery's settings: how many agencies, how the number is drawn, their tokens."""
+
     agencies: int = 5
     winning_number: int = 7574  # RANDOM_WINNING_NUMBER to draw one with `secrets`
     tokens: Mapping[int, str] = field(default_factory=dict)
+
+    @property
+    def winning_number_setting(self) -> str:
+        """The winning-number setting as the database records it."""
+        return "random" if self.winning_number == RANDOM_WINNING_NUMBER else str(self.winning_number)
 
 
 class Session:
@@ -156,13 +165,15 @@ class Session:
         lottery = self.lottery
         agency = lottery.agencies.get(hello.agency)
         if agency is None:
-            self._fatal(ErrorCode.UNAUTHORIZED, f"agency {hello.agency} is not one of 1..{len(lottery.agencies)}")
+            self._fatal(ErrorCode.UNAUTHORIZED, f"agency {hello.agency} is not one of 1..{len(lottery.agencies)}",
+                        agency=hello.agency)
             return
         expected = lottery.config.tokens.get(hello.agency)
         if lottery.config.tokens and (
             expected is None or not hmac.compare_digest(hello.token.encode(), expected.encode())
         ):
-            self._fatal(ErrorCode.UNAUTHORIZED, f"wrong or missing token for agency {hello.agency}")
+            self._fatal(ErrorCode.UNAUTHORIZED, f"wrong or missing token for agency {hello.agency}",
+                        agency=hello.agency)
             return
         older = agency.session
         if older is not None:
@@ -245,7 +256,7 @@ class Session:
                   code=code.name)
         self._reply(Error(code, message, batch.first))
 
-    def _fatal(self, code: ErrorCode, message: str, first: int = 0) -> None:
+    def _fatal(self, code: ErrorCode, message: str, first: int = 0, agency: int | None = None) -> None:
         if self._ending or self._gone:
             return
         self._ending = True
@@ -253,8 +264,11 @@ class Session:
         self.connection.hold_reading()
         if self.agency is not None and self.agency.session is self:
             self.agency.session = None
+        if agency is None and self.agency is not None:
+            agency = self.agency.number
         level = logging.DEBUG if code in _ORDINARY_ENDINGS else logging.INFO
-        log_event(log, level, "session_error", "in_progress", peer=self.connection.peer, code=code.name)
+        log_event(log, level, "session_error", "in_progress", peer=self.connection.peer,
+                  agency="-" if agency is None else agency, code=code.name, reason=message)
         self._reply(Error(code, message, first))
         self._close_if_answered()
 
@@ -300,6 +314,11 @@ def _storage_failed_frame(first: int) -> bytes:
     return encode(Error(ErrorCode.STORAGE_FAILED, "the store could not take the request; retry later", first))
 
 
+class LotteryMismatch(Exception):
+    """The database holds a lottery that the configuration contradicts; the message
+    is one line saying what it holds and how to start fresh."""
+
+
 class Lottery:
     """Owns the agencies, their sessions, the store's turn-long transaction and the draw."""
 
@@ -318,12 +337,15 @@ class Lottery:
         self.sessions: set[Session] = set()
         self._waiting: set[Session] = set()
         self._stored_this_turn: list[tuple[Agency, int]] = []
-        self._storage_error: StorageError | None = None
+        self._turn_lost: str | None = None  # why this turn's transaction cannot be committed
         self.draw: DrawState | None = None
         self._draw_staged: DrawState | None = None
         self._draw_step_scheduled = False
+        self._draw_retry = 0.0  # seconds: the backoff after a failed draw step, 0 after a good one
+        self._draw_resume_at = 0.0
         self.winners: dict[int, list[str]] | None = None  # known once the draw is finished
         self.draining = False
+        self._adopt_database()
         self._recover()
 
     @property
@@ -346,22 +368,45 @@ class Lottery:
     def _storage_failed(self, error: StorageError) -> None:
         log_event(log, logging.ERROR, "store", "fail", error=str(error).replace("|", "/"))
         if error.transaction_lost:
-            self._storage_error = error
+            self._turn_lost = "the store lost the turn's transaction"
 
-    def end_of_turn(self) -> None:
-        """Commits what the turn staged, then releases or fails the replies that waited."""
-        if not (self.store.in_transaction or self._waiting or self._storage_error):
-            return
-        committed = self._storage_error is None
+    def fault_in_turn(self, error: BaseException) -> None:
+        """The loop isolated a fault: whatever the turn staged may be half done, so the
+        turn is rolled back (its waiting replies become STORAGE_FAILED)."""
+        if self.store.in_transaction or self._waiting:
+            self._turn_lost = f"a fault in the turn ({type(error).__name__})"
+
+    def fault(self, error: BaseException) -> None:
+        """A fault in one of the lottery's own callbacks (a draw step): retry it later."""
+        if not self.draw_finished or self.winners is None:
+            self._draw_failed(f"fault ({type(error).__name__})")
+
+    def commit_turn(self) -> bool | None:
+        """Commits what the turn staged and moves every agency forward, or rolls it all
+        back; None when the turn staged nothing and nothing waits.
+
+        Raises DatabaseLost (from the store) when the database's files were replaced:
+        then nothing of the turn may be acknowledged, and the caller stops.
+        """
+        if not (self.store.in_transaction or self._waiting or self._turn_lost):
+            return None
+        committed = self._turn_lost is None
         if committed:
             try:
                 self.store.commit()
             except StorageError as error:
                 self._storage_failed(error)
                 committed = False
+            except DatabaseLost:
+                raise
+            except Exception as error:  # a fault inside the store's transaction: the turn is rolled back
+                log.error("action: store | result: fail | error: %r", error, exc_info=error)
+                self.store.rollback()
+                committed = False
         else:
+            log_event(log, logging.WARNING, "turn", "in_progress", rolled_back=self._turn_lost)
             self.store.rollback()  # what was staged after the loss cannot stand alone
-        self._storage_error = None
+        self._turn_lost = None
         if committed:
             for agency, count in self._stored_this_turn:
                 log_event(log, logging.INFO, "apuesta_recibida", "success", cantidad=count, agency=agency.number)
@@ -370,34 +415,51 @@ class Lottery:
                 agency.done = agency.done_staged
             if self._draw_staged is not None:
                 self.draw = self._draw_staged
+                self._draw_retry = 0.0
         else:
             for agency in self.agencies.values():
                 agency.staged = agency.committed
                 agency.done_staged = agency.done
+            if self._draw_staged is not None:
+                self._draw_failed("its commit failed")
         self._draw_staged = None
         self._stored_this_turn.clear()
-        waiting, self._waiting = self._waiting, set()
-        for session in waiting:
-            session._commit_settled(committed)
-        if not committed:
-            for session in list(self.sessions):  # a held query whose DONE was lost
-                if session.holds_query and not session.agency.done_staged:
-                    session._answer_held_query(Error(ErrorCode.NOT_DONE, "DONE was not stored; send it again"))
-        if self.draw_finished and self.winners is None:
-            self._announce_draw()
+        return committed
+
+    def release_turn(self, committed: bool | None) -> None:
+        """Sends the replies that waited for the turn's commit (or their failures), then
+        lets the draw take its next step."""
+        if committed is not None:
+            waiting, self._waiting = self._waiting, set()
+            for session in waiting:  # one session's fault must not keep the others' replies
+                self._loop.isolate(session.connection, session._commit_settled, committed)
+            if not committed:
+                for session in list(self.sessions):  # a held query whose DONE was lost
+                    if session.holds_query and not session.agency.done_staged:
+                        self._loop.isolate(session.connection, session._answer_held_query,
+                                           Error(ErrorCode.NOT_DONE, "DONE was not stored; send it again"))
         self._advance_draw()
+
+    def end_of_turn(self) -> None:
+        """`commit_turn` then `release_turn`: the turn's end without log output to flush."""
+        self.release_turn(self.commit_turn())
 
     # --- the draw --------------------------------------------------------------------
     def _advance_draw(self) -> None:
-        """Schedules the draw's next step once every DONE is durable: fix it, then scan."""
-        if self.draining or self._draw_step_scheduled or self.draw_finished:
+        """Schedules the draw's next step once every DONE is durable: fix the number,
+        scan for winners slice by slice, then announce; never sooner than a backoff
+        after a failed step."""
+        if self.draining or self._draw_step_scheduled or self.winners is not None:
             return
-        if self.draw is not None or all(agency.done for agency in self.agencies.values()):
-            self._draw_step_scheduled = True
-            self._loop.call_soon(self._draw_step)
+        if self.draw is None and not all(agency.done for agency in self.agencies.values()):
+            return
+        if self._loop.time() < self._draw_resume_at:
+            return  # the timer set by _draw_failed comes back
+        self._draw_step_scheduled = True
+        self._loop.call_soon(self._draw_step)
 
     def _draw_step(self) -> None:
-        """Stages one step of the draw; the turn's commit makes it durable."""
+        """Stages one step of the draw (the turn's commit makes it durable), or announces it."""
         self._draw_step_scheduled = False
         if self.draining:
             return
@@ -407,21 +469,54 @@ class Lottery:
                 if number == RANDOM_WINNING_NUMBER:
                     number = secrets.randbelow(10_000)
                 self._draw_staged = self.store.stage_draw(number)
-            else:
+            elif not self.draw.finished:
                 self._draw_staged = self.store.stage_winner_scan(self.draw, DRAW_SCAN_SLICE)
+            else:
+                self._announce_draw(self.store.winners())
         except StorageError as error:
-            self._storage_failed(error)
-            self._loop.call_later(1.0, self._advance_draw)
+            if error.transaction_lost:
+                self._turn_lost = "the store lost the turn's transaction"
+            self._draw_failed(str(error))
 
-    def _announce_draw(self) -> None:
-        self.winners = self.store.winners()
+    def _draw_failed(self, why: str) -> None:
+        """Backs the draw off (capped, doubling), logging once per attempt, not per turn."""
+        self._draw_retry = min(DRAW_RETRY_CAP, self._draw_retry * 2 or DRAW_RETRY_FIRST)
+        self._draw_resume_at = self._loop.time() + self._draw_retry
+        log_event(log, logging.ERROR, "draw_step", "fail", error=why.replace("|", "/"),
+                  retry_in_s=f"{self._draw_retry:.1f}")
+        self._loop.call_at(self._draw_resume_at, self._advance_draw)
+
+    def _announce_draw(self, winners: dict[int, list[str]]) -> None:
+        self.winners = winners
+        self._draw_retry = 0.0
         log_event(log, logging.INFO, "sorteo", "success", numero_ganador=self.draw.winning_number,
                   ganadores=sum(map(len, self.winners.values())))
         for session in list(self.sessions):
             if session.holds_query:
-                session._answer_held_query()
+                self._loop.isolate(session.connection, session._answer_held_query)
 
     # --- start and stop --------------------------------------------------------------
+    def _adopt_database(self) -> None:
+        """Makes sure the database holds this lottery, or refuses with LotteryMismatch."""
+        config, store = self.config, self.store
+        setting = config.winning_number_setting
+        record, holdings = store.lottery(), store.holdings()
+        if record is not None and not holdings.empty:
+            fresh = "or a new --db to start a new lottery"
+            if record.agencies != config.agencies:
+                raise LotteryMismatch(
+                    f"database {store.path} holds a lottery of {record.agencies} agencies ({_describe(holdings)}); "
+                    f"started with {config.agencies}: start with --agencies {record.agencies}, {fresh}"
+                )
+            if holdings.draw is not None and record.winning_number != setting:
+                raise LotteryMismatch(
+                    f"database {store.path} holds a lottery drawn with winning number {record.winning_number!r} "
+                    f"({_describe(holdings)}); started with {setting!r}: start with --winning-number "
+                    f"{record.winning_number}, {fresh}"
+                )
+        if record is None or (record.agencies, record.winning_number) != (config.agencies, setting):
+            store.record_lottery(config.agencies, setting)
+
     def _recover(self) -> None:
         for number, state in self.store.agencies().items():
             agency = self.agencies.get(number)
@@ -431,19 +526,41 @@ class Lottery:
         self.draw = self.store.draw()
         if self.draw_finished:
             self.winners = self.store.winners()  # a finished draw is not announced again
+        log_event(
+            log, logging.INFO, "recover", "success",
+            agencies=len(self.agencies),
+            bets=sum(agency.committed for agency in self.agencies.values()),
+            committed=",".join(f"{a.number}={a.committed}" for a in self.agencies.values()),
+            done=",".join(str(a.number) for a in self.agencies.values() if a.done) or "-",
+            draw=self.draw_state,
+        )
         self._advance_draw()
+
+    @property
+    def draw_state(self) -> str:
+        """open (waiting for DONEs), drawing (fixed, scanning for winners), done."""
+        if self.draw is None:
+            return "open"
+        return "done" if self.draw.finished else "drawing"
 
     def shutdown(self) -> None:
         """Draining: every session gets SHUTTING_DOWN after the answers it is owed.
 
-        Sessions are ended DRAIN_SESSIONS_PER_TURN a turn: ending 10,000 at once made
-        one turn of ~0.8 s. A message that arrives meanwhile gets SHUTTING_DOWN too.
+        Sessions are ended DRAIN_SESSIONS_PER_TURN a turn, so a drain with thousands
+        of sessions is many short turns, not one long one. A message that arrives
+        meanwhile gets SHUTTING_DOWN too.
         """
         self.draining = True
         self._end_sessions(list(self.sessions))
 
     def _end_sessions(self, sessions: list[Session]) -> None:
         for session in sessions[:DRAIN_SESSIONS_PER_TURN]:
-            session._fatal(ErrorCode.SHUTTING_DOWN, "the server is shutting down; retry later")
+            self._loop.isolate(session.connection, session._fatal, ErrorCode.SHUTTING_DOWN,
+                               "the server is shutting down; retry later")
         if len(sessions) > DRAIN_SESSIONS_PER_TURN:
             self._loop.call_soon(self._end_sessions, sessions[DRAIN_SESSIONS_PER_TURN:])
+
+
+def _describe(holdings) -> str:
+    draw = "no draw" if holdings.draw is None else ("draw done" if holdings.draw.finished else "draw started")
+    return f"{holdings.bets} bets, {holdings.done} agencies done, {draw}"

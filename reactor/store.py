@@ -17,6 +17,16 @@ crosses its threshold and double that turn. It is off; the store counts what it
 appended (`checkpoint_due`) and `checkpoint()` is run by the server in a turn of
 its own, so the WAL stays bounded and no turn pays for both.
 
+Ownership. A database belongs to one lottery: it is marked as ours
+(`application_id`), and its `lottery` row records the agency count and the
+winning-number setting it was created with, so the service can refuse a
+configuration that would change the meaning of what is stored. The store never
+waits on a lock while serving (busy timeout 0): another process's write lock is a
+failed piece of work, not a frozen loop. And it watches its files: after every
+commit it checks that the database and its WAL are still the files it opened
+(two `stat` calls against an fsync), because a deleted or replaced file would
+take acknowledged bets with it at the next start.
+
 Durability: `full` is synchronous=FULL (a commit is on disk when it returns),
 `normal` survives a process crash but may lose the last commits on power loss,
 `off` hands writes to the OS without syncing (process crash safe in WAL mode;
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, replace
@@ -40,6 +51,9 @@ from runtime.logfmt import log_event
 log = logging.getLogger(__name__)
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+APPLICATION_ID = 0x4C4F5454  # "LOTT": marks a database as a lottery central's
+SCHEMA_VERSION = 1
+OPEN_BUSY_TIMEOUT = 2.0  # seconds to wait for a lock while opening, before serving starts
 CHECKPOINT_EVERY_ROWS = 20_000  # ~500 WAL pages, half SQLite's default: one took 92 ms at 40,000
 MAX_ROWS_PER_INSERT = 400  # a valid BETS frame holds at most ~355 bets: one statement a batch
 
@@ -70,7 +84,21 @@ CREATE TABLE IF NOT EXISTS winners (
     agency    INTEGER NOT NULL,
     document  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS lottery (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    agencies       INTEGER NOT NULL,
+    winning_number TEXT NOT NULL,
+    created_at     TEXT NOT NULL
+);
 """
+# The columns of each table, as SCHEMA makes them: what a database must have to be ours.
+_COLUMNS = {
+    "bets": ("agency", "first_name", "last_name", "document", "birthdate", "number"),
+    "agencies": ("agency", "committed", "done"),
+    "draw": ("id", "winning_number", "drawn_at", "scanned_to", "last_rowid", "finished"),
+    "winners": ("bet_rowid", "agency", "document"),
+    "lottery": ("id", "agencies", "winning_number", "created_at"),
+}
 
 
 @functools.lru_cache(maxsize=MAX_ROWS_PER_INSERT)
@@ -78,6 +106,17 @@ def _insert_bets_sql(rows: int) -> str:
     """INSERT of `rows` bets of one agency: ?1 is the agency, then five parameters a bet."""
     values = ",".join(f"(?1,?{i},?{i + 1},?{i + 2},?{i + 3},?{i + 4})" for i in range(2, 2 + 5 * rows, 5))
     return f"INSERT INTO bets (agency, first_name, last_name, document, birthdate, number) VALUES {values}"
+
+
+class DatabaseUnusable(Exception):
+    """The database cannot serve: not a database, damaged, or not a lottery central's.
+    The message is one line that names the file."""
+
+
+class DatabaseLost(Exception):
+    """The database or its WAL was deleted or replaced while serving: what was
+    committed since may not be found by the next start, so nothing more may be
+    acknowledged."""
 
 
 class StorageError(Exception):
@@ -99,6 +138,28 @@ class AgencyState:
 
 
 @dataclass(frozen=True)
+class LotteryRecord:
+    """What lottery a database holds: the settings it was created with."""
+
+    agencies: int
+    winning_number: str  # as configured: "7574", "random", ...
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What a database holds that a changed configuration could contradict."""
+
+    bets: int
+    done: int
+    draw: "DrawState | None"
+
+    @property
+    def empty(self) -> bool:
+        return not (self.bets or self.done or self.draw)
+
+
+@dataclass(frozen=True)
 class DrawState:
     winning_number: int
     drawn_at: str
@@ -110,25 +171,75 @@ class DrawState:
 class Store:
     """Owns the SQLite connection, its one open transaction, and the schema."""
 
-    def __init__(self, path: str | Path, durability: str = "full", slow_commit_warning: float = 0.05) -> None:
+    def __init__(
+        self, path: str | Path, durability: str = "full", slow_commit_warning: float = 0.05, read_only: bool = False
+    ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.durability = durability
         self.slow_commit_warning = slow_commit_warning
-        self._db = sqlite3.connect(self.path, isolation_level=None, cached_statements=512)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._rows_since_checkpoint = 0
-        self._db.executescript(SCHEMA)
-        variables = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # 999 before SQLite 3.32
-        self._rows_per_insert = min(MAX_ROWS_PER_INSERT, (variables - 1) // 5)
+        self.read_only = read_only
         self._in_transaction = False
+        self._rows_since_checkpoint = 0
+        self._identity: dict[str, tuple[int, int]] = {}
         self.commits = 0
         self.longest_commit = 0.0
+        self.last_commit = 0.0
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as error:  # "file is not a database", "malformed", ...
+            raise DatabaseUnusable(f"database {self.path}: {error}") from None
+        variables = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # 999 before SQLite 3.32
+        self._rows_per_insert = min(MAX_ROWS_PER_INSERT, (variables - 1) // 5)
+        if not read_only and self.path != ":memory:":
+            self._identity = {name: _identity(name) for name in (self.path, self.path + "-wal")}
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                                 timeout=OPEN_BUSY_TIMEOUT)
+            self._check_ours(db)
+            return db
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, cached_statements=512, timeout=OPEN_BUSY_TIMEOUT)
+        self._check_ours(db)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={DURABILITY[self.durability]}")
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.executescript(SCHEMA)
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # Serving never waits for a lock on the loop's thread: contention fails the piece of work.
+        db.execute("PRAGMA busy_timeout=0")
+        db.execute("BEGIN IMMEDIATE")  # the WAL exists from here on, so its identity can be taken
+        db.execute("COMMIT")
+        return db
+
+    def _check_ours(self, db: sqlite3.Connection) -> None:
+        """Refuses a database that some other program made (its tables could be anything)."""
+        application_id = db.execute("PRAGMA application_id").fetchone()[0]
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if application_id == APPLICATION_ID and db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        if application_id == 0:
+            # Unmarked: a new file, or one written before databases were marked; either
+            # way every table it has must be one of ours, with our columns.
+            foreign = sorted(
+                name for name in tables
+                if tuple(row[1] for row in db.execute(f'PRAGMA table_info("{name}")')) != _COLUMNS.get(name)
+            )
+            if not foreign:
+                if self.read_only and "bets" not in tables:
+                    raise DatabaseUnusable(f"database {self.path} is empty: no central has used it")
+                return
+            raise DatabaseUnusable(
+                f"database {self.path} is not a lottery central database (tables: {', '.join(sorted(tables))})"
+            )
+        raise DatabaseUnusable(
+            f"database {self.path} is not a lottery central database (application_id {application_id:#x})"
+        )
 
     # --- reading ------------------------------------------------------------------
     def agencies(self) -> dict[int, AgencyState]:
@@ -146,6 +257,24 @@ class Store:
         for agency, document in self._db.execute("SELECT agency, document FROM winners ORDER BY bet_rowid"):
             result.setdefault(agency, []).append(document)
         return result
+
+    def lottery(self) -> LotteryRecord | None:
+        row = self._db.execute("SELECT agencies, winning_number, created_at FROM lottery WHERE id = 1").fetchone()
+        return None if row is None else LotteryRecord(*row)
+
+    def holdings(self) -> Holdings:
+        done = self._db.execute("SELECT COUNT(*) FROM agencies WHERE done").fetchone()[0]
+        return Holdings(self.total_bets(), done, self.draw())
+
+    def record_lottery(self, agencies: int, winning_number: str) -> LotteryRecord:
+        """Records (or, for a database that holds nothing yet, changes) the lottery's settings."""
+        created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._db.execute(
+            "INSERT INTO lottery (id, agencies, winning_number, created_at) VALUES (1, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET agencies = excluded.agencies, winning_number = excluded.winning_number",
+            (agencies, winning_number, created_at),
+        )
+        return self.lottery()
 
     def total_bets(self) -> int:
         return self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM bets").fetchone()[0]
@@ -231,7 +360,19 @@ class Store:
             self._in_transaction = False
         elapsed = self._timed("commit", started)
         self.commits += 1
+        self.last_commit = elapsed
         self.longest_commit = max(self.longest_commit, elapsed)
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Raises DatabaseLost unless the database and its WAL are the files opened."""
+        for name, opened in self._identity.items():
+            try:
+                now = _identity(name)
+            except OSError:
+                now = None
+            if now != opened:
+                raise DatabaseLost(f"{name} was deleted or replaced while the central was using it")
 
     def rollback(self) -> None:
         """Drops everything staged in the turn's transaction."""
@@ -276,6 +417,11 @@ class Store:
         except sqlite3.Error:
             pass  # the WAL is still valid; the next open replays it
         self._db.close()
+
+
+def _identity(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
 
 
 class _Savepoint:

@@ -20,12 +20,13 @@ def log_event(logger: logging.Logger, level: int, action: str, result: str, **fi
         logger.log(level, "action: %s | result: %s%s", action, result, tail)
 
 
-def configure_logging(level: str) -> None:
-    """Events to stdout, as the course's programs log."""
+def configure_logging(level: str, handler: logging.Handler | None = None) -> None:
+    """Events to stdout, as the course's programs log (through `handler` when given:
+    the server's never blocks, see runtime.logbuffer)."""
     logging.basicConfig(
         level=level,
-        stream=sys.stdout,
         format="%(asctime)s %(levelname)-7s %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
         force=True,
+        **({"handlers": [handler]} if handler is not None else {"stream": sys.stdout}),
     )

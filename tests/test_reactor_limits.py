@@ -76,10 +76,11 @@ def test_a_held_query_with_frames_behind_it_is_not_cut_by_the_frame_deadline(sho
 
 def test_server_busy_at_the_connection_limit(tmp_path):
     with ServerProcess(tmp_path / "bets.db", "--max-connections", "2") as server:
-        first, second = Peer(server.port), Peer(server.port)
+        first = Peer(server.port)
         first.hello(1)
+        second = Peer(server.port)
         second.hello(2)
-        busy = Peer(server.port)
+        busy = Peer(server.port)  # every connection has said HELLO: no one to make room
         error = busy.read()
         assert error.code is E.SERVER_BUSY and busy.closed()
         first.close()

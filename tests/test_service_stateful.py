@@ -36,6 +36,15 @@ class FakeLoop:
         self.ready.append((callback, args))
 
     call_later = lambda self, delay, callback, *args: self.call_soon(callback, *args)  # noqa: E731
+    call_at = call_later
+
+    @staticmethod
+    def time() -> float:
+        return 0.0
+
+    @staticmethod
+    def isolate(owner, callback, *args):
+        return callback(*args)
 
 
 class FakeConnection:

@@ -1,0 +1,58 @@
+"""The end of a loop turn, in one place: commit, log, answer, plan the next turn."""
+
+from __future__ import annotations
+
+import selectors
+
+from .connection import TurnBudget
+from .service import Lottery
+
+
+class TurnEnd:
+    """Owns the order in which a turn ends (the loop's end-of-turn step):
+
+    1. the service commits what the turn staged (group commit) and logs each stored
+       batch; the database's files are checked here, and DatabaseLost ends the loop;
+    2. the turn's log lines are written as far as stdout takes them without waiting,
+       so a course line (`apuesta_recibida`) is out before its ACK whenever the
+       output flows;
+    3. the replies that waited for the commit go out, in arrival order;
+    4. the next turn is planned: the WAL checkpoint, when due, gets a turn of its own
+       (nothing is read in it), else the read budget is renewed; the log output is
+       watched for writability only while lines wait.
+
+    The bench's comparison servers end their turns with the same object (without a
+    loop: the checkpoint then runs at once).
+    """
+
+    def __init__(self, lottery: Lottery, loop=None, budget: TurnBudget | None = None, logs=None) -> None:
+        self.lottery = lottery
+        self.loop = loop
+        self.budget = budget
+        self.logs = logs
+        self._watching_logs = False
+
+    def __call__(self) -> None:
+        committed = self.lottery.commit_turn()
+        if self.logs is not None:
+            self.logs.write_ready()
+        self.lottery.release_turn(committed)
+        self._plan_next_turn()
+
+    def _plan_next_turn(self) -> None:
+        store = self.lottery.store
+        if self.loop is None:
+            if store.checkpoint_due:
+                store.checkpoint()
+            return
+        if store.checkpoint_due:
+            self.budget.spend_all()  # the next turn reads nothing: it checkpoints
+            self.loop.call_soon(store.checkpoint)
+        else:
+            self.budget.reset()
+        if self.logs is not None and self.logs.wants_write != self._watching_logs:
+            if self._watching_logs:
+                self.loop.unregister(self.logs.fd)
+            else:
+                self.loop.register(self.logs.fd, selectors.EVENT_WRITE, self.logs)
+            self._watching_logs = not self._watching_logs
