@@ -193,11 +193,9 @@ def _serve(settings, logs: BufferedLogHandler | None) -> int:
         end_of_turn()  # anything staged in the last turn is committed before closing
     except DatabaseLost as error:
         log_event(log, logging.ERROR, "stop", "fail", reason=error, acknowledged="nothing after it")
-        store.rollback()
         return _close(loop, store, lock, settings.db, EXIT_FAULT)
     except Exception as error:  # the end of a turn failed: the shared state cannot be trusted
         log.error("action: stop | result: fail | reason: fault at the end of a turn: %r", error, exc_info=error)
-        store.rollback()
         return _close(loop, store, lock, settings.db, EXIT_FAULT)
     log_event(
         log, logging.INFO, "loop_stats", "success",

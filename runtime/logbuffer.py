@@ -113,7 +113,7 @@ class BufferedLogHandler(logging.Handler):
         return b"".join(parts)
 
     def _tell_dropped(self) -> None:
-        if self.dropped > self._dropped_told and not self._lines and not self._head:
+        if self.dropped > self._dropped_told and not (self._lines or self._head or self.broken):
             lost = self.dropped - self._dropped_told
             self._dropped_told = self.dropped
             record = logging.LogRecord("runtime.logbuffer", logging.WARNING, __file__, 0,
@@ -122,7 +122,7 @@ class BufferedLogHandler(logging.Handler):
 
     def _give_up(self) -> None:
         self.broken = True
-        self.dropped += len(self._lines) + (1 if self._head else 0)
+        self.dropped += len(self._lines) + bytes(self._head).count(b"\n")
         self._lines.clear()
         self._size = 0
         self._head = memoryview(b"")

@@ -49,6 +49,8 @@ class ServerProcess:
         )
         self.lines = []
         port_seen = threading.Event()
+        self._reading = threading.Event()
+        self._reading.set()
 
         def pump(stream, lines):
             for line in stream:
@@ -57,6 +59,8 @@ class ServerProcess:
                 if match:
                     self.port = int(match.group(1))
                     port_seen.set()
+                if not self._reading.is_set():
+                    return  # the pipe fills up from here on, as when nobody reads it
 
         self._pump = threading.Thread(target=pump, args=(self.proc.stdout, self.lines), daemon=True)
         self._pump.start()
@@ -64,6 +68,10 @@ class ServerProcess:
             self.kill()
             raise RuntimeError("server did not start:\n" + "\n".join(self.lines))
         return self
+
+    def stop_reading_output(self) -> None:
+        """Nobody reads the server's stdout any more (after at most one more line)."""
+        self._reading.clear()
 
     @property
     def pid(self) -> int:

@@ -17,9 +17,8 @@ from tests.harness import Peer, ServerProcess, run_agencies
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tls")
+def make_certificate(directory):
+    """A throwaway self-signed certificate for localhost and 127.0.0.1: (cert, key) paths."""
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
@@ -27,6 +26,11 @@ def certificate(tmp_path_factory):
         check=True, capture_output=True,
     )
     return cert, key
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def test_course_scenario_over_tls(tmp_path, certificate):
