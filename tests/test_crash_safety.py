@@ -95,3 +95,46 @@ def test_random_kills_lose_nothing_acknowledged_and_store_everything_once(tmp_pa
     for agency, path in enumerate(dataset.files, start=1):
         assert [row[1:] for row in exported if row[0] == str(agency)] == file_rows(path)
         assert results[agency].winners == dataset.winners[agency]
+
+
+def test_random_faults_inside_turns_lose_nothing_acknowledged_and_store_everything_once(tmp_path):
+    """Faults the loop isolates (a bug after staging a batch, a commit that raises)
+    end one connection or roll one turn back; the agencies retry and finish."""
+    dataset = write_dataset(tmp_path / "data", total=BETS // 2, agencies=5, seed=13)
+    db = tmp_path / "bets.db"
+    acked = {agency: 0 for agency in range(1, 6)}
+    lock = threading.Lock()
+
+    def tracker(agency):
+        def on_ack(first, count, latency):
+            with lock:
+                acked[agency] = max(acked[agency], first + count - 1)
+        return on_ack
+
+    with ServerProcess(db, module="tests.faulty_reactor", env={"FAULT_RATE": "0.02", "FAULT_SEED": "5"}) as server:
+        results, errors = {}, {}
+
+        def run(agency):
+            config = AgencyConfig(agency=agency, host="127.0.0.1", port=server.port, max_amount=99, window=4,
+                                  retries=10_000, backoff_base=0.01, backoff_cap=0.1, io_timeout=10)
+            try:
+                results[agency] = Agency.from_file(config, BetFile(dataset.files[agency - 1]),
+                                                   on_ack=tracker(agency)).run()
+            except BaseException as error:
+                errors[agency] = error
+
+        threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in range(1, 6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        assert not errors, errors
+        faults = len(server.log_lines("fault", "fail")) + len(server.log_lines("store", "fail"))
+        assert faults >= 5, "the profile injected too few faults to prove anything"
+        assert server.proc.poll() is None
+    stored = stored_per_agency(db)
+    assert all(stored[a] >= n for a, n in acked.items())
+    exported = exported_rows(db)
+    for agency, path in enumerate(dataset.files, start=1):
+        assert [row[1:] for row in exported if row[0] == str(agency)] == file_rows(path)
+        assert results[agency].winners == dataset.winners[agency]
