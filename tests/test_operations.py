@@ -358,3 +358,18 @@ def _hello_ok(port: int, agency: int) -> bool:
         return isinstance(answer, p.Welcome)
     except OSError:
         return False
+
+
+def test_stats_and_export_read_a_database_while_its_central_serves(tmp_path):
+    db = tmp_path / "bets.db"
+    with ServerProcess(db) as server:
+        still_serving(server)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        stats = subprocess.run([sys.executable, "-m", "reactor", "stats", "--db", str(db)], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=30)
+        assert stats.returncode == 0, stats.stderr
+        assert '"committed": 2' in stats.stdout
+        export = subprocess.run([sys.executable, "-m", "reactor", "export", "--db", str(db), "--csv", "-"], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=30)
+        assert export.returncode == 0 and len(export.stdout.splitlines()) == 2
+        still_serving(server)  # the readers took no lock that got in its way
