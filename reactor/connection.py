@@ -1,36 +1,55 @@
 """One peer's transport: its socket, receive decoder, send buffer and deadlines.
 
-Theory of operation (after asyncio's `_SelectorSocketTransport`).
+Theory of operation (after asyncio's `_SelectorSocketTransport`, with h11's states).
 
-Input: the socket is read (RECV_SIZE at a time) into a `FrameDecoder`, and
-decoded messages go one at a time to the handler (the lottery session). Reading stops
-while either of two reasons holds: *flow* (more than `high_water` bytes are
-waiting to be sent; reading resumes below `low_water`) or *hold* (the handler asked
-for it, e.g. while a WINNERS_QUERY waits for the draw). Messages already buffered
-are not handed over while reading is stopped, so a held connection really reads
-nothing more. A protocol violation stops input and goes to the handler, which
-answers with an ERROR in order and then closes.
+Lifecycle. A connection is in one `State` at a time, and `_TRANSITIONS` lists every
+move it may make; any other move is a bug and raises `IllegalTransition`:
+
+    OPEN ──> INPUT_ENDED ──> CLOSING ──> LINGERING ──> CLOSED
+      │            │            ▲  │                     ▲
+      └────────────┼────────────┘  └─────────────────────┤
+                   └─────────── abort, or the peer gone ─┘
+
+- OPEN: reading and writing. Reading may be *paused* (`Pause`) without leaving
+  OPEN: FLOW while more than `high_water` bytes wait to be sent (resumes below
+  `low_water`), HOLD while the handler asks (a WINNERS_QUERY waiting for the draw).
+  Messages already decoded are not handed over while paused, so a held connection
+  really reads nothing more.
+- INPUT_ENDED: nothing more will be read (the peer half-closed, broke the protocol,
+  or a deadline passed); answers may still be written.
+- CLOSING: `close()` was called: the send buffer is flushing (aborted if it has not
+  drained within `linger`).
+- LINGERING: FIN sent; what the peer still sends is read and thrown away until it
+  closes too (or 2 s pass), so a last ERROR is not destroyed by a reset.
+- CLOSED: the socket is closed and the handler told (`connection_lost`).
+
+TLS runs beside the lifecycle: `_tls` says whether the handshake waits to read or
+to write, or a read and a write wait on each other (`TlsStep`).
+
+Input: the socket is read (RECV_SIZE at a time, within the turn's `TurnBudget` of
+bytes and messages) into the decoder, and decoded messages go one at a time to the
+handler. A connection the budget cut off is *owed*: the loop offers it the first
+read of the next turn.
 
 Output: `write()` tries `send` at once; what the kernel does not take waits in a
 queue (the unsent tail as a memoryview) and EVENT_WRITE is watched only while that
 queue is not empty.
 
-Deadlines: one lazily re-armed timer per connection covers three rules: the first
-frame must arrive within `handshake_timeout`; a frame once started must finish
-within `frame_timeout`; and without progress (a frame in, or bytes out) for
-`idle_timeout` the peer is idle, except while the handler holds it. An expiry goes
-to the handler as `timed_out()`.
+Deadlines (`next_deadline`): one lazily re-armed timer covers three rules: the first
+message must arrive within `handshake_timeout`; a frame once started must finish
+within `frame_timeout` (counted only while we read: bytes we do not read are ours to
+wait on); and without progress (a message in, or bytes out) for `idle_timeout` the
+peer is idle, except while the handler holds it. An expiry goes to the handler as
+`timed_out()`.
 
-Ending: `close()` stops reading, flushes, then closes (aborting if the flush does
-not finish within `linger`); `abort()` drops everything now. When the peer
-half-closes, the handler is told (`eof_received`) after every message that
-arrived before it, and decides when its answers are complete.
+Faults: an exception in this connection's work reaches the loop, which calls
+`fault()`: the connection aborts, and only it.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
-import logging
 import selectors
 import socket
 import ssl
@@ -39,13 +58,49 @@ from typing import Callable, Protocol
 
 from protocol import NEED_DATA, PEER_CLOSED, FrameDecoder, Message, ProtocolError, Role
 
-log = logging.getLogger(__name__)
-
-# A read takes two BETS frames or so: with the turn's 64 KiB shared out 16 KiB at a
-# time, a turn serves several agencies instead of one agency's whole window, which
-# kept the scale scenario's ACK p99 near 0.6 s instead of 1.4 s (same throughput).
+# A read takes a couple of BETS frames: with the turn's budget shared out a read at a
+# time, one turn serves several agencies instead of one agency's whole window.
 RECV_SIZE = 16 * 1024
+LINGER_MAX = 2.0  # seconds a lingering close waits for the peer's FIN
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+
+class State(enum.Enum):
+    OPEN = "open"
+    INPUT_ENDED = "input ended"
+    CLOSING = "closing"
+    LINGERING = "lingering"
+    CLOSED = "closed"
+
+
+_TRANSITIONS: dict[State, frozenset[State]] = {
+    State.OPEN: frozenset({State.INPUT_ENDED, State.CLOSING, State.CLOSED}),
+    State.INPUT_ENDED: frozenset({State.CLOSING, State.CLOSED}),
+    State.CLOSING: frozenset({State.LINGERING, State.CLOSED}),
+    State.LINGERING: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A move the lifecycle table does not allow: a bug in the caller."""
+
+
+class Pause(enum.Flag):
+    """Why an OPEN connection reads nothing for now."""
+
+    NONE = 0
+    FLOW = enum.auto()  # the peer does not read our answers fast enough
+    HOLD = enum.auto()  # the handler asked (a held query)
+
+
+class TlsStep(enum.Enum):
+    """Where TLS stands beside the lifecycle (READY for a plain socket)."""
+
+    READY = "ready"
+    HANDSHAKE_READ = "handshake waits to read"
+    HANDSHAKE_WRITE = "handshake waits to write"
+    STALLED = "a read waits to write or a write waits to read"
 
 
 @dataclass(frozen=True)
@@ -65,6 +120,20 @@ class ConnectionLimits:
             raise ValueError("need 8192 < high_water and 0 <= low_water < high_water")
 
 
+def next_deadline(
+    limits: ConnectionLimits, identified: bool, last_progress: float, frame_started: float | None, held: bool
+) -> tuple[float, str] | None:
+    """The connection's earliest deadline and its name (handshake, frame or idle), or None."""
+    candidates = []
+    if not identified:
+        candidates.append((last_progress + limits.handshake_timeout, "handshake"))
+    if frame_started is not None:
+        candidates.append((frame_started + limits.frame_timeout, "frame"))
+    if identified and not held:
+        candidates.append((last_progress + limits.idle_timeout, "idle"))
+    return min(candidates) if candidates else None
+
+
 class TurnBudget:
     """What all connections together may take in one loop turn: bytes read (TLS may
     add the rest of a record it already decrypted) and messages handed over.
@@ -73,7 +142,7 @@ class TurnBudget:
     number of busy peers. Bytes alone do not: the same bytes cut into the smallest
     frames are a hundred times the messages. A connection that finds the budget
     spent is owed a read first in the next turn (the loop's declined readers). The
-    server resets it at the end of every turn.
+    end of every turn renews it.
     """
 
     __slots__ = ("per_turn", "frames_per_turn", "remaining", "frames")
@@ -104,14 +173,13 @@ class Handler(Protocol):
 
 
 class Connection:
-    """Owns one peer's socket, its receive decoder, its send queue, its deadlines
-    and its way of ending. Knows frames, not lotteries."""
+    """Owns one peer's socket, its lifecycle state, its receive decoder, its send queue,
+    its deadlines and its way of ending. Knows frames, not lotteries."""
 
     __slots__ = (
-        "loop", "sock", "peer", "limits", "handler", "_budget", "_on_closed", "_decoder", "_out", "_out_size",
-        "_paused_flow", "_paused_hold", "_input_done", "_closing", "_closed", "_interest", "_tls_handshaking",
-        "_tls_wants_write", "_handshake_done", "_last_progress", "_frame_started", "_deadline_timer",
-        "_linger_timer", "_discarding", "_owed", "_on_established",
+        "loop", "sock", "peer", "limits", "handler", "_budget", "_on_closed", "_on_established", "_decoder",
+        "_out", "_out_size", "_state", "_paused", "_tls", "_identified", "_owed", "_interest", "_last_progress",
+        "_frame_started", "_deadline_timer", "_linger_timer",
     )
 
     def __init__(
@@ -125,31 +193,26 @@ class Connection:
         on_established: Callable[["Connection"], None] | None = None,
     ) -> None:
         self.loop = loop
-        self._budget = budget
         self.sock = sock
         self.peer = peer
         self.limits = limits
         self.handler: Handler | None = None
+        self._budget = budget
         self._on_closed = on_closed
         self._on_established = on_established  # told when the first message arrives
         self._decoder = FrameDecoder(Role.SERVER)
         self._out: list[memoryview | bytes] = []  # a list: an empty deque costs ~600 bytes a peer
         self._out_size = 0
-        self._paused_flow = False
-        self._paused_hold = False
-        self._input_done = False  # EOF seen, protocol error, or closing
-        self._closing = False
-        self._closed = False
+        self._state = State.OPEN
+        self._paused = Pause.NONE
+        self._tls = TlsStep.HANDSHAKE_READ if isinstance(sock, ssl.SSLSocket) else TlsStep.READY
+        self._identified = False  # a first message arrived
+        self._owed = False  # decoded messages wait for the next turn's budget
         self._interest = 0
-        self._tls_handshaking = isinstance(sock, ssl.SSLSocket)
-        self._tls_wants_write = False
-        self._handshake_done = False
         self._last_progress = loop.time()
         self._frame_started: float | None = None
         self._deadline_timer = None
         self._linger_timer = None
-        self._discarding = False  # FIN sent; reading only to throw away what still comes
-        self._owed = False  # decoded messages wait for the next turn's budget
 
     def start(self, handler: Handler) -> None:
         self.handler = handler
@@ -158,14 +221,18 @@ class Connection:
 
     # --- what the handler calls -----------------------------------------------------
     @property
+    def state(self) -> State:
+        return self._state
+
+    @property
     def closed(self) -> bool:
-        return self._closed
+        return self._state is State.CLOSED
 
     def write(self, data: bytes) -> None:
         """Queues `data` to send; the one path to the send buffer, so the mark is checked here."""
-        if self._closed or not data:
+        if self._state is State.CLOSED or not data:
             return
-        if not self._out and not self._tls_handshaking:
+        if not self._out and self._tls is TlsStep.READY:
             try:
                 sent = self._send(data)
             except OSError as error:  # ssl.SSLError included; a reset is an ordinary close
@@ -179,29 +246,24 @@ class Connection:
         self._out.append(data)
         self._out_size += len(data)
         if self._out_size > self.limits.high_water:
-            self._paused_flow = True
-            self._frame_started = None  # a frame we stop reading is not the peer's delay
+            self._pause(Pause.FLOW)
         self._update_interest()
 
     def hold_reading(self) -> None:
         """Reads nothing more (buffered messages included) until `release_reading()`."""
-        self._paused_hold = True
-        self._frame_started = None  # a frame we stop reading is not the peer's delay
+        self._pause(Pause.HOLD)
         self._update_interest()
         self._refresh_deadline()
 
     def release_reading(self) -> None:
-        if self._paused_hold:
-            self._paused_hold = False
-            self._update_interest()
-            self.loop.call_soon(self._deliver)
+        if Pause.HOLD in self._paused:
+            self._resume(Pause.HOLD)
 
     def close(self) -> None:
         """Stops reading, sends what is queued, then closes."""
-        if self._closing or self._closed:
+        if self._state not in (State.OPEN, State.INPUT_ENDED):
             return
-        self._closing = True
-        self._input_done = True
+        self._move(State.CLOSING)
         if not self._out:
             self._close_gracefully()
             return
@@ -219,51 +281,54 @@ class Connection:
 
     # --- what the loop calls ---------------------------------------------------------
     def on_readable(self) -> bool | None:
-        if self._discarding:
+        """Reads what the turn's budget allows; False when it ran out first (owed)."""
+        if self._state is State.LINGERING:
             self._discard_input()
-            return
-        if self._tls_handshaking:
+            return None
+        if self._tls in (TlsStep.HANDSHAKE_READ, TlsStep.HANDSHAKE_WRITE):
             self._continue_tls_handshake()
-            return
-        if self._tls_wants_write:  # a TLS write waited for the peer's bytes: retry it first
+            return None
+        if self._tls is TlsStep.STALLED:  # a TLS write waited for the peer's bytes: retry it first
             self.on_writable()
-            if self._closed:
-                return
+            if self._state is State.CLOSED:
+                return None
         if self._owed:  # what was decoded before goes first, and nothing more is read until it went
             self._deliver()
             if self._owed:
                 return False
         if not self._reading():
-            return
+            return None
         if self._budget.remaining <= 0:
-            return False  # declined: the loop offers this connection first next turn
+            return False
         try:
             data = self._recv(min(RECV_SIZE, self._budget.remaining))
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-            return
+            return None
         except ssl.SSLWantWriteError:
-            self._tls_wants_write = True
+            self._tls = TlsStep.STALLED
             self._update_interest()
-            return
+            return None
         except OSError as error:  # ssl.SSLError included
             self._finish(f"peer gone while reading ({error.__class__.__name__})")
-            return
+            return None
         if data:
             self._budget.remaining -= len(data)
         else:
-            self._input_done = True
+            self._end_input()
         try:
             self._decoder.receive_data(data)
         except ProtocolError as error:
             self._protocol_error(error)
-            return
+            return None
         self._deliver()
+        return None
 
     def on_writable(self) -> None:
-        if self._tls_handshaking:
+        if self._tls in (TlsStep.HANDSHAKE_READ, TlsStep.HANDSHAKE_WRITE):
             self._continue_tls_handshake()
             return
-        self._tls_wants_write = False
+        if self._tls is TlsStep.STALLED:
+            self._tls = TlsStep.READY
         while self._out:
             head = self._out[0]
             if len(self._out) > 1 and len(head) < 65536:
@@ -283,21 +348,44 @@ class Connection:
             else:
                 self._out[0] = memoryview(head)[sent:]
                 break
-        if self._paused_flow and self._out_size <= self.limits.low_water:
-            self._paused_flow = False
-            self.loop.call_soon(self._deliver)
-        if self._closing and not self._out:
+        if Pause.FLOW in self._paused and self._out_size <= self.limits.low_water:
+            self._resume(Pause.FLOW)
+        if self._state is State.CLOSING and not self._out:
             self._close_gracefully()
             return
         self._update_interest()
 
-    # --- inside --------------------------------------------------------------------
+    # --- the lifecycle -----------------------------------------------------------------
+    def _move(self, new: State) -> None:
+        if new not in _TRANSITIONS[self._state]:
+            raise IllegalTransition(f"connection {self.peer}: {self._state.value} -> {new.value}")
+        self._state = new
+
+    def _end_input(self) -> None:
+        """Nothing more will be read (EOF, a protocol error, a deadline): input ends once."""
+        if self._state is State.OPEN:
+            self._move(State.INPUT_ENDED)
+        self._update_interest()
+
+    def _reading(self) -> bool:
+        return self._state is State.OPEN and not self._paused
+
+    def _pause(self, why: Pause) -> None:
+        self._paused |= why
+        self._frame_started = None  # a frame we stop reading is not the peer's delay
+
+    def _resume(self, why: Pause) -> None:
+        self._paused &= ~why
+        self._update_interest()
+        self.loop.call_soon(self._deliver)
+
+    # --- input --------------------------------------------------------------------------
     def _deliver(self) -> None:
         """Hands buffered messages to the handler while nothing stops reading and the
         turn's budget lasts; what the budget did not cover is owed a read next turn."""
         self._owed = False
         budget = self._budget
-        while not (self._closed or self._closing or self._paused_hold or self._paused_flow):
+        while self._state in (State.OPEN, State.INPUT_ENDED) and not self._paused:
             if budget.frames <= 0:
                 self._owed = True
                 break
@@ -309,18 +397,16 @@ class Connection:
             if message is NEED_DATA:
                 break
             if message is PEER_CLOSED:
-                self._input_done = True
-                self._update_interest()
+                self._end_input()
                 self.handler.eof_received()
                 break
             budget.frames -= 1
-            if not self._handshake_done:
-                self._handshake_done = True
+            if not self._identified:
+                self._identified = True
                 if self._on_established is not None:
                     self._on_established(self)
             self._last_progress = self.loop.time()
             self.handler.message_received(message)
-        # The frame clock runs only while we read: paused, buffered bytes are ours to wait on.
         if self._decoder.inside_frame and self._reading() and not self._owed:
             if self._frame_started is None:
                 self._frame_started = self.loop.time()
@@ -328,20 +414,19 @@ class Connection:
             self._frame_started = None
         self._update_interest()
         self._refresh_deadline()
-        if self._owed and not self._closed:
+        if self._owed and self._state is not State.CLOSED:
             if self._interest & _READ:
                 self.loop.read_next_turn(self.sock)
             else:  # input is over (EOF), so the selector will not report us: come back anyway
                 self.loop.call_soon(self._deliver)
 
     def _protocol_error(self, error: ProtocolError) -> None:
-        self._input_done = True
-        self._update_interest()
+        self._end_input()
         self.handler.protocol_error(error)
 
     def _recv(self, size: int) -> bytes:
         data = self.sock.recv(size)
-        if isinstance(self.sock, ssl.SSLSocket) and data:
+        if data and isinstance(self.sock, ssl.SSLSocket):
             # Bytes already decrypted inside the SSL object never wake the selector.
             chunks = [data]
             while self.sock.pending():
@@ -356,42 +441,44 @@ class Connection:
         except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
             return 0
         except ssl.SSLWantReadError:
-            self._tls_wants_write = True
+            self._tls = TlsStep.STALLED
             return 0
 
     def _continue_tls_handshake(self) -> None:
         try:
             self.sock.do_handshake()
         except ssl.SSLWantReadError:
-            self._tls_wants_write = False
+            self._tls = TlsStep.HANDSHAKE_READ
         except ssl.SSLWantWriteError:
-            self._tls_wants_write = True
+            self._tls = TlsStep.HANDSHAKE_WRITE
         except OSError as error:  # ssl.SSLError included
             self._finish(f"TLS handshake failed ({error.__class__.__name__})")
             return
         else:
-            self._tls_handshaking = False
-            self._tls_wants_write = False
+            self._tls = TlsStep.READY
             if self._out:
                 self.on_writable()
-                if self._closed:
+                if self._state is State.CLOSED:
                     return
         self._update_interest()
 
-    def _reading(self) -> bool:
-        return not (self._input_done or self._paused_flow or self._paused_hold)
-
+    # --- interest and deadlines ---------------------------------------------------------------
     def _update_interest(self) -> None:
-        if self._closed:
+        """Watches what the state needs: read while reading (or lingering), write while
+        output waits; the TLS handshake picks its own; a stalled TLS record both."""
+        if self._state is State.CLOSED:
             return
-        if self._discarding:
+        tls = self._tls
+        if self._state is State.LINGERING:
             wanted = _READ
-        elif self._tls_handshaking:
-            wanted = _WRITE if self._tls_wants_write else _READ
+        elif tls is TlsStep.HANDSHAKE_READ:
+            wanted = _READ
+        elif tls is TlsStep.HANDSHAKE_WRITE:
+            wanted = _WRITE
+        elif tls is TlsStep.STALLED:
+            wanted = _READ | _WRITE
         else:
-            wanted = (_READ if self._reading() or self._tls_wants_write else 0) | (
-                _WRITE if self._out or self._tls_wants_write else 0
-            )
+            wanted = (_READ if self._reading() else 0) | (_WRITE if self._out else 0)
         if wanted == self._interest:
             return
         if not wanted:
@@ -403,18 +490,11 @@ class Connection:
         self._interest = wanted
 
     def _deadline(self) -> tuple[float, str] | None:
-        limits = self.limits
-        candidates = []
-        if not self._handshake_done:
-            candidates.append((self._last_progress + limits.handshake_timeout, "handshake"))
-        if self._frame_started is not None:
-            candidates.append((self._frame_started + limits.frame_timeout, "frame"))
-        if self._handshake_done and not self._paused_hold:
-            candidates.append((self._last_progress + limits.idle_timeout, "idle"))
-        return min(candidates) if candidates else None
+        return next_deadline(self.limits, self._identified, self._last_progress, self._frame_started,
+                             Pause.HOLD in self._paused)
 
     def _refresh_deadline(self) -> None:
-        if self._closed or self._closing:
+        if self._state not in (State.OPEN, State.INPUT_ENDED):
             return
         deadline = self._deadline()
         timer = self._deadline_timer
@@ -430,18 +510,18 @@ class Connection:
 
     def _on_deadline(self) -> None:
         self._deadline_timer = None
-        if self._closed or self._closing:
+        if self._state not in (State.OPEN, State.INPUT_ENDED):
             return
         deadline = self._deadline()
         if deadline is not None and deadline[0] <= self.loop.time():
-            self._input_done = True
-            self._update_interest()
+            self._end_input()
             self.handler.timed_out(deadline[1])
         else:
             self._refresh_deadline()
 
+    # --- ending --------------------------------------------------------------------------------
     def _close_gracefully(self) -> None:
-        """FIN, then close once the peer closes too (or `linger` passes).
+        """FIN, then close once the peer closes too (or LINGER_MAX passes).
 
         Closing a socket whose receive queue holds unread bytes sends RST, and a RST
         can destroy the last reply (an ERROR) still on its way to the peer. So the
@@ -456,10 +536,11 @@ class Connection:
         except OSError:
             self._finish("closed by the server")
             return
-        self._discarding = True
+        self._move(State.LINGERING)
         if self._linger_timer is not None:
             self._linger_timer.cancel()
-        self._linger_timer = self.loop.call_later(min(self.limits.linger, 2.0), self._finish, "closed by the server")
+        self._linger_timer = self.loop.call_later(min(self.limits.linger, LINGER_MAX), self._finish,
+                                                  "closed by the server")
         self._update_interest()
 
     def _discard_input(self) -> None:
@@ -473,9 +554,9 @@ class Connection:
             self._finish("closed by the server")
 
     def _finish(self, reason: str) -> None:
-        if self._closed:
+        if self._state is State.CLOSED:
             return
-        self._closed = True
+        self._move(State.CLOSED)
         for timer in (self._deadline_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
