@@ -344,6 +344,7 @@ class Lottery:
         self._draw_retry = 0.0  # seconds: the backoff after a failed draw step, 0 after a good one
         self._draw_resume_at = 0.0
         self.winners: dict[int, list[str]] | None = None  # known once the draw is finished
+        self._answer_held = False  # the draw was just announced: held queries get their answers
         self.draining = False
         self._adopt_database()
         self._recover()
@@ -378,18 +379,25 @@ class Lottery:
 
     def fault(self, error: BaseException) -> None:
         """A fault in one of the lottery's own callbacks (a draw step): retry it later."""
-        if not self.draw_finished or self.winners is None:
+        if self.winners is None:
             self._draw_failed(f"fault ({type(error).__name__})")
 
     def commit_turn(self) -> bool | None:
         """Commits what the turn staged and moves every agency forward, or rolls it all
-        back; None when the turn staged nothing and nothing waits.
+        back (None when the turn staged nothing and nothing waits); then, once the
+        draw's scan is durable, reads the winners and logs the draw.
 
         Raises DatabaseLost (from the store) when the database's files were replaced:
         then nothing of the turn may be acknowledged, and the caller stops.
         """
-        if not (self.store.in_transaction or self._waiting or self._turn_lost):
-            return None
+        committed = None
+        if self.store.in_transaction or self._waiting or self._turn_lost:
+            committed = self._commit()
+        if self.draw_finished and self.winners is None and self._loop.time() >= self._draw_resume_at:
+            self._read_winners()
+        return committed
+
+    def _commit(self) -> bool:
         committed = self._turn_lost is None
         if committed:
             try:
@@ -426,9 +434,23 @@ class Lottery:
         self._stored_this_turn.clear()
         return committed
 
+    def _read_winners(self) -> None:
+        """The draw is durable: its winners are read and the draw logged, in the commit
+        step, so the `sorteo` line leaves before the answers the release step sends."""
+        try:
+            self.winners = self.store.winners()
+        except StorageError as error:
+            self._draw_failed(str(error))
+            return
+        self._draw_retry = 0.0
+        self._answer_held = True
+        log_event(log, logging.INFO, "sorteo", "success", numero_ganador=self.draw.winning_number,
+                  ganadores=sum(map(len, self.winners.values())))
+
     def release_turn(self, committed: bool | None) -> None:
-        """Sends the replies that waited for the turn's commit (or their failures), then
-        lets the draw take its next step."""
+        """Sends the replies that waited for the turn's commit (or their failures), the
+        answers held for the draw once it is announced, then lets the draw take its
+        next step."""
         if committed is not None:
             waiting, self._waiting = self._waiting, set()
             for session in waiting:  # one session's fault must not keep the others' replies
@@ -438,6 +460,11 @@ class Lottery:
                     if session.holds_query and not session.agency.done_staged:
                         self._loop.isolate(session.connection, session._answer_held_query,
                                            Error(ErrorCode.NOT_DONE, "DONE was not stored; send it again"))
+        if self._answer_held:
+            self._answer_held = False
+            for session in list(self.sessions):
+                if session.holds_query:
+                    self._loop.isolate(session.connection, session._answer_held_query)
         self._advance_draw()
 
     def end_of_turn(self) -> None:
@@ -449,7 +476,7 @@ class Lottery:
         """Schedules the draw's next step once every DONE is durable: fix the number,
         scan for winners slice by slice, then announce; never sooner than a backoff
         after a failed step."""
-        if self.draining or self._draw_step_scheduled or self.winners is not None:
+        if self.draining or self._draw_step_scheduled or self.draw_finished:
             return
         if self.draw is None and not all(agency.done for agency in self.agencies.values()):
             return
@@ -459,7 +486,7 @@ class Lottery:
         self._loop.call_soon(self._draw_step)
 
     def _draw_step(self) -> None:
-        """Stages one step of the draw (the turn's commit makes it durable), or announces it."""
+        """Stages one step of the draw; the turn's commit makes it durable."""
         self._draw_step_scheduled = False
         if self.draining:
             return
@@ -469,10 +496,8 @@ class Lottery:
                 if number == RANDOM_WINNING_NUMBER:
                     number = secrets.randbelow(10_000)
                 self._draw_staged = self.store.stage_draw(number)
-            elif not self.draw.finished:
-                self._draw_staged = self.store.stage_winner_scan(self.draw, DRAW_SCAN_SLICE)
             else:
-                self._announce_draw(self.store.winners())
+                self._draw_staged = self.store.stage_winner_scan(self.draw, DRAW_SCAN_SLICE)
         except StorageError as error:
             if error.transaction_lost:
                 self._turn_lost = "the store lost the turn's transaction"
@@ -485,15 +510,6 @@ class Lottery:
         log_event(log, logging.ERROR, "draw_step", "fail", error=why.replace("|", "/"),
                   retry_in_s=f"{self._draw_retry:.1f}")
         self._loop.call_at(self._draw_resume_at, self._advance_draw)
-
-    def _announce_draw(self, winners: dict[int, list[str]]) -> None:
-        self.winners = winners
-        self._draw_retry = 0.0
-        log_event(log, logging.INFO, "sorteo", "success", numero_ganador=self.draw.winning_number,
-                  ganadores=sum(map(len, self.winners.values())))
-        for session in list(self.sessions):
-            if session.holds_query:
-                self._loop.isolate(session.connection, session._answer_held_query)
 
     # --- start and stop --------------------------------------------------------------
     def _adopt_database(self) -> None:

@@ -296,7 +296,7 @@ def test_a_draw_that_cannot_be_stored_backs_off_then_completes(tmp_path):
             if winners.final:
                 break
         assert len(documents) == 6000
-        assert len(server.log_lines("sorteo", "success")) == 1
+        assert server.wait_for_line("sorteo", "success")
 
 
 @pytest.mark.parametrize("victim", ["database", "wal"])
