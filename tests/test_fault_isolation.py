@@ -16,7 +16,7 @@ import pytest
 import protocol as p
 from reactor.connection import ConnectionLimits
 from reactor.loop import EventLoop
-from reactor.service import Session
+from reactor.session import Session
 from tests.inprocess import FakeClock, InProcessCentral
 
 E = p.ErrorCode

@@ -129,6 +129,11 @@ class LotteryMachine(RuleBasedStateMachine):
             if not self.loop.ready:
                 return
 
+    def reading_agency(self, data) -> int | None:
+        """An agency whose session reads (a held one reads nothing more), if any."""
+        reading = sorted(a for a, (session, _) in self.sessions.items() if not session.holds_query)
+        return data.draw(st.sampled_from(reading)) if reading else None
+
     def send(self, agency: int, *messages) -> list:
         session, connection = self.sessions[agency]
         for message in messages:
@@ -162,7 +167,9 @@ class LotteryMachine(RuleBasedStateMachine):
         batches=st.lists(st.tuples(st.integers(-6, 3), st.integers(1, 12), st.booleans()), min_size=1, max_size=4),
     )
     def bets(self, data, batches) -> None:
-        agency = data.draw(st.sampled_from(sorted(self.sessions)))
+        agency = self.reading_agency(data)
+        if agency is None:
+            return
         expected, staged, messages = [], self.stored[agency], []
         for offset, count, valid in batches:
             first = max(1, staged + 1 + offset)
@@ -197,7 +204,9 @@ class LotteryMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.sessions)
     @rule(data=st.data())
     def done_message(self, data) -> None:
-        agency = data.draw(st.sampled_from(sorted(self.sessions)))
+        agency = self.reading_agency(data)
+        if agency is None:
+            return
         held = [a for a, (s, _) in self.sessions.items() if s.holds_query]
         replies = self.send(agency, p.Done())
         if (self.disk_full or self.commits.fail) and not self.done[agency]:
