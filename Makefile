@@ -58,7 +58,9 @@ compose-data: ## generate the agency files COMPOSE_FILE mounts, for as many agen
 	        echo "$$path is a directory (Docker makes one for a file that is missing): removing it"; \
 	        rmdir "$$path" || exit 2; \
 	    fi; \
-	    if [ ! -f "$$path" ]; then \
+	done
+	@for f in $(COMPOSE_DATA); do \
+	    if [ ! -f "$(COMPOSE_DIR)/$${f#./}" ]; then \
 	        $(MAKE) --no-print-directory data AGENCIES=$(words $(COMPOSE_DATA)) DATA="$(COMPOSE_DIR)/.data" || exit $$?; \
 	        break; \
 	    fi; \
