@@ -30,7 +30,6 @@ from datagen import COURSE_SIZES, DEFAULT_WINNING_NUMBER, write_dataset  # noqa:
 PORT_LINE = re.compile(r"action: accept_connections \| result: in_progress \| port: (\d+)")
 WINNERS_LINE = re.compile(r"^agency (\d+): (\d+) winners: (.*)$", re.M)
 INGEST_SECONDS = re.compile(r"action: resumen \|.* segundos_envio: ([0-9.]+)")
-EXIT_INTERRUPTED = 130
 
 # The demo's settings, whatever the caller's environment or ./config.ini say.
 SERVER_INI = """[server]
@@ -70,7 +69,23 @@ def own_environment() -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
 
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM: stop the central and the agencies, then leave."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
 def main() -> int:
+    # Set here, not inherited: a shell starts a background job with SIGINT ignored, and
+    # a SIGTERM would otherwise end the demo and leave the central and agencies running.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / ".data", help="directory of agency-N.csv (default .data)")
     parser.add_argument("--agencies", type=int, default=len(COURSE_SIZES))
@@ -79,16 +94,17 @@ def main() -> int:
     processes: list[subprocess.Popen] = []
     try:
         return run(args, processes)
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the clean-up short
+    except Interrupted as interrupted:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C does not cut the clean-up short
         for proc in processes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # the central drains; an agency closes, a rerun resumes
         for proc in processes:
             proc.wait()
-        print("\ndemo interrupted: the central and the agencies are stopped (make demo starts over)",
+        print(f"\ndemo interrupted ({interrupted}): the central and the agencies are stopped (make demo starts over)",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + interrupted.signum
 
 
 def run(args: argparse.Namespace, processes: list[subprocess.Popen]) -> int:

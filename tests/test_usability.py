@@ -214,7 +214,8 @@ def test_ctrl_c_during_the_demo_is_one_line_and_leaves_no_process(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
-    assert one_error_line(err) == "demo interrupted: the central and the agencies are stopped (make demo starts over)"
+    assert one_error_line(err) == ("demo interrupted (SIGINT): the central and the agencies are stopped "
+                                   "(make demo starts over)")
     assert "Traceback" not in out
     assert process_group_members(proc.pid) == []
 
