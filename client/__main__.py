@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import ssl
 import sys
 from typing import Sequence
 
@@ -48,6 +49,19 @@ rerun); 4 no draw within --winners-timeout; 128+N interrupted by signal N (130
 Ctrl-C, 143 SIGTERM; a rerun resumes)."""
 
 
+def agency_number(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_AGENCY:
+        raise ValueError(f"must be 1 to {MAX_AGENCY}")
+    return value
+
+
+def token(text: str) -> str:
+    if len(text.encode("utf-8")) > MAX_TOKEN_BYTES:
+        raise ValueError(f"must be at most {MAX_TOKEN_BYTES} bytes")
+    return text
+
+
 def server_address(text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
@@ -72,16 +86,19 @@ def seconds_or_forever(text: str) -> float | None:
 
 
 SERVER_FLAGS = "--server HOST:PORT, CLI_SERVER_ADDRESS or [server] address"
+MAX_AGENCY = 2**32 - 1  # HELLO's agency is a u32
+MAX_TOKEN_BYTES = 2**16 - 1  # HELLO's token is a str: a u16 byte count
 
 OPTIONS = [
-    Option("agency", "CLI_ID", "client", "id", None, positive_int, "agency number, 1..N (required)", "N"),
+    Option("agency", "CLI_ID", "client", "id", None, agency_number, "agency number, 1..N (required)", "N"),
     Option("server", "CLI_SERVER_ADDRESS", "server", "address", "127.0.0.1:12345", server_address,
            "the central's address ([::1]:12345 for IPv6)", "HOST:PORT"),
     Option("data", "CLI_DATA_FILE", "client", "data", "/data/agency.csv", str, "the agency's CSV file", "PATH"),
     Option("batch_max_amount", "CLI_BATCH_MAXAMOUNT", "batch", "maxAmount", 150, positive_int,
            "bets per batch; fewer only when a frame would exceed 8 KiB (150 fits typical rows)", "K"),
     Option("window", "CLI_WINDOW", "client", "window", 8, positive_int, "batches sent before their ACKs arrive", "W"),
-    Option("token", "CLI_TOKEN", "client", "token", "", str, "the agency's token, when the central requires one", "T"),
+    Option("token", "CLI_TOKEN", "client", "token", "", token, "the agency's token, when the central requires one", "T",
+           secret=True),
     Option("retries", "CLI_RETRIES", "client", "retries", 10, non_negative_int,
            "new sessions after a lost one before giving up", "R"),
     Option("on_invalid", "CLI_ON_INVALID", "client", "on_invalid", "stop", choice("stop", "skip"),
@@ -141,7 +158,12 @@ def _run(prog: str, argv: Sequence[str] | None) -> int:
         window=settings.window, token=settings.token, retries=settings.retries,
         winners_timeout=settings.winners_timeout, tls=settings.tls, tls_ca=settings.tls_ca,
     )
-    agency = Agency.from_file(config, bet_file, total_rows=rows)
+    try:
+        agency = Agency.from_file(config, bet_file, total_rows=rows)
+    except (OSError, ssl.SSLError) as error:
+        print(f"{prog}: error: TLS CA certificate {settings.tls_ca}: {getattr(error, 'strerror', None) or error}",
+              file=sys.stderr)
+        return EXIT_CONFIG
     try:
         result = agency.run()
     except Interrupted as interrupted:

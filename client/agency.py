@@ -175,6 +175,9 @@ class Agency:
         self._sock: socket.socket | None = None
         self._decoder: FrameDecoder | None = None
         self._committed = 0
+        # Built once, here: a CA file that cannot be read is the caller's mistake to
+        # report before any connection (OSError or ssl.SSLError), not a lost session.
+        self._tls = ssl.create_default_context(cafile=config.tls_ca) if config.tls else None
         self._connected_once = False
         self._draw_deadline: float | None = None
 
@@ -308,10 +311,9 @@ class Agency:
             raise SessionLost(f"connect to {config.host}:{config.port} failed: {error}") from None
         self._connected_once = True
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if config.tls:
-            context = ssl.create_default_context(cafile=config.tls_ca)
+        if self._tls is not None:
             try:
-                sock = context.wrap_socket(sock, server_hostname=config.server_name or config.host)
+                sock = self._tls.wrap_socket(sock, server_hostname=config.server_name or config.host)
             except (OSError, ssl.SSLError) as error:
                 sock.close()
                 if isinstance(error, ssl.SSLCertVerificationError):

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 __version__ = "0.1.0"
 
 EXIT_CONFIG = 2  # a bad flag, variable, config file or value, in both programs
+QUOTED_LIMIT = 40  # characters of a bad value an error line repeats
 
 
 class SettingError(ValueError):
@@ -33,7 +34,8 @@ class Option:
 
     `default` is used when no layer sets the option. Written as text, it is parsed
     like any layer's value, and --help shows it as a user would type it. An option
-    with no `env` and no `section` is read from its flag only.
+    with no `env` and no `section` is read from its flag only. A `secret` option's
+    value is never repeated in an error line.
     """
 
     name: str  # attribute name; the flag is --name-with-dashes
@@ -44,6 +46,7 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     metavar: str | None = None
+    secret: bool = False
 
     @property
     def flag(self) -> str:
@@ -161,8 +164,17 @@ def resolve(
             values[option.name] = option.parse(raw)
         except ValueError as error:
             detail = str(error) if str(error) and "invalid literal" not in str(error) else "is not a valid value"
-            raise SettingError(f"{origin}={raw!r}: {detail}") from None
+            raise SettingError(f"{origin}={_shown(raw, option.secret)}: {detail}") from None
     return values
+
+
+def _shown(raw: str, secret: bool) -> str:
+    """A value as an error line repeats it: never a secret, at most QUOTED_LIMIT characters."""
+    if secret:
+        return "(hidden)"
+    if len(raw) <= QUOTED_LIMIT:
+        return repr(raw)
+    return f"{raw[:QUOTED_LIMIT]!r}... ({len(raw)} characters)"
 
 
 def read_config(

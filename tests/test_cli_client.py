@@ -243,3 +243,21 @@ def test_version_comes_from_one_place():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'version = { attr = "runtime.settings.__version__" }' in pyproject
     assert not re.search(r'^version\s*=\s*"', pyproject, re.M)
+
+
+def test_values_the_protocol_cannot_carry_are_settings_errors_and_a_token_is_never_repeated(tmp_path):
+    data = write_rows(tmp_path / "agency.csv", 5)
+    secret = "s3cret" * 11000  # 66,000 bytes: more than HELLO's u16 length
+    with ServerProcess(tmp_path / "bets.db", "--agencies", "1") as server:
+        address = f"127.0.0.1:{server.port}"
+        for args, named in [
+            (["--agency", str(2**32)], "--agency='4294967296': must be 1 to 4294967295"),
+            (["--agency", "1", "--token", secret], "--token=(hidden): must be at most 65535 bytes"),
+            (["--agency", "1", "--tls", "true", "--tls-ca", str(tmp_path / "missing.pem")], "missing.pem"),
+            (["--agency", "1", "--tls", "true", "--tls-ca", str(data)], "TLS CA certificate"),
+        ]:
+            done = run_client("--server", address, "--data", str(data), *args)
+            assert done.returncode == 2, args
+            line = one_error_line(done.stderr)
+            assert named in line and "s3cret" not in line
+        assert server.log_lines("apuesta_recibida") == []
