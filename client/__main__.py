@@ -131,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = program_name("python -m client")
     try:
         return _run(prog, argv)
-    except Interrupted as interrupted:
-        log_event(log, logging.INFO, "interrupcion", "success", signal=interrupted)
+    except Interrupted as interrupted:  # before the run: logging may not be set up yet
+        print(f"{prog}: interrupted ({interrupted}) before the run began", file=sys.stderr)
         return 128 + interrupted.signum
 
 

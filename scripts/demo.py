@@ -94,17 +94,25 @@ def main() -> int:
     processes: list[subprocess.Popen] = []
     try:
         return run(args, processes)
+    except OSError as error:  # e.g. a directory where an agency file goes
+        stop(processes)
+        print(f"demo: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return 1
     except Interrupted as interrupted:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C does not cut the clean-up short
-        for proc in processes:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # the central drains; an agency closes, a rerun resumes
-        for proc in processes:
-            proc.wait()
+        stop(processes)
         print(f"\ndemo interrupted ({interrupted}): the central and the agencies are stopped (make demo starts over)",
               file=sys.stderr)
         return 128 + interrupted.signum
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # the central drains; an agency closes, a rerun resumes
+    for proc in processes:
+        proc.wait()
 
 
 def run(args: argparse.Namespace, processes: list[subprocess.Popen]) -> int:
