@@ -107,6 +107,26 @@ def main() -> int:
         return 128 + interrupted.signum
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def spawn(processes: list[subprocess.Popen], command: list[str], **popen) -> subprocess.Popen:
+    """Starts a child and records it in `processes` with Ctrl-C held off meanwhile.
+
+    A Ctrl-C that landed between the fork and the record would leave a child that
+    the clean-up does not know, still running after the demo has gone. The child
+    starts with the signals unblocked again (a mask survives exec).
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        proc = subprocess.Popen(command, cwd=ROOT, preexec_fn=lambda: signal.pthread_sigmask(
+            signal.SIG_UNBLOCK, STOP_SIGNALS), **popen)
+        processes.append(proc)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    return proc
+
+
 def stop(processes: list[subprocess.Popen]) -> None:
     for proc in processes:
         if proc.poll() is None:
@@ -128,11 +148,8 @@ def run(args: argparse.Namespace, processes: list[subprocess.Popen]) -> int:
     env = own_environment()
     server_log = args.data / "demo-server.log"
     with open(server_log, "w") as log_file:  # a file, not a pipe: the server never blocks on its log
-        server = subprocess.Popen(
-            [sys.executable, "-m", "reactor", "--config", str(server_ini)],
-            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-        )
-    processes.append(server)
+        server = spawn(processes, [sys.executable, "-m", "reactor", "--config", str(server_ini)],
+                       env=env, stdout=log_file, stderr=subprocess.STDOUT)
     port, deadline = None, time.monotonic() + 15
     while port is None and time.monotonic() < deadline and server.poll() is None:
         match = PORT_LINE.search(server_log.read_text())
@@ -144,14 +161,11 @@ def run(args: argparse.Namespace, processes: list[subprocess.Popen]) -> int:
 
     started = time.monotonic()
     clients = [
-        subprocess.Popen(
-            [sys.executable, "-m", "client", "--config", str(client_ini), "--agency", str(n),
-             "--server", f"127.0.0.1:{port}", "--data", str(path)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
+        spawn(processes, [sys.executable, "-m", "client", "--config", str(client_ini), "--agency", str(n),
+                          "--server", f"127.0.0.1:{port}", "--data", str(path)],
+              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for n, path in enumerate(dataset.files, start=1)
     ]
-    processes.extend(clients)
     outputs = [proc.communicate()[0] for proc in clients]
     elapsed = time.monotonic() - started
     server.send_signal(signal.SIGTERM)
