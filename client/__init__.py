@@ -3,7 +3,18 @@
 `Agency` is the library the tests and benchmarks use; `python -m client` the program.
 """
 
-from .agency import Agency, AgencyConfig, AgencyFailed, AgencyResult
-from .rows import BetFile, InvalidRow, RowProblem
+from .agency import Agency, AgencyConfig, AgencyFailed, AgencyResult, NoDraw, ServerNotFound
+from .rows import BetFile, DataFileError, InvalidRow, RowProblem
 
-__all__ = ["Agency", "AgencyConfig", "AgencyFailed", "AgencyResult", "BetFile", "InvalidRow", "RowProblem"]
+__all__ = [
+    "Agency",
+    "AgencyConfig",
+    "AgencyFailed",
+    "AgencyResult",
+    "BetFile",
+    "DataFileError",
+    "InvalidRow",
+    "NoDraw",
+    "RowProblem",
+    "ServerNotFound",
+]

@@ -1,30 +1,65 @@
-"""`python -m client`: one agency's run against the central.
+"""`python -m client` (installed: `lottery-agency`): one agency's run against the central.
 
-Exit codes: 0 done (winners received); 1 gave up or refused by the server;
-2 bad configuration; 3 stopped at an invalid row; 128+N interrupted by signal N.
+Every way a run ends is one line and an exit code from `EXIT_CODES`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import ssl
 import sys
 from typing import Sequence
 
 from runtime.logfmt import configure_logging, log_event
-from runtime.settings import Option, choice, load_settings, log_level, non_negative_int, positive_int
+from runtime.settings import (
+    EXIT_CONFIG,
+    Option,
+    choice,
+    load_settings,
+    log_level,
+    non_negative_int,
+    positive_int,
+    program_name,
+)
 
-from .agency import Agency, AgencyConfig, AgencyFailed
-from .rows import BetFile, InvalidRow
+from .agency import Agency, AgencyConfig, AgencyFailed, NoDraw, ServerNotFound
+from .rows import BetFile, DataFileError, InvalidRow, log_invalid_row
 
 log = logging.getLogger("client")
 
-EXIT_FAILED, EXIT_CONFIG, EXIT_INVALID_ROW = 1, 2, 3
+EXIT_DONE, EXIT_FAILED, EXIT_INVALID_ROW, EXIT_NO_DRAW = 0, 1, 3, 4
 
-DESCRIPTION = """An agency of the lottery: reads its bets from a CSV file
-(first_name,last_name,document,birthdate,number; no header; UTF-8; CRLF or LF),
-sends them to the central in batches, says DONE and prints its winners.
-A rerun resumes where the central's stored bets end."""
+DESCRIPTION = """An agency of the lottery: reads its bets from a CSV file, sends them to
+the central in batches, says DONE and prints its winners. A rerun resumes where
+the central's stored bets end.
+
+The file: first_name,last_name,document,birthdate,number per line; no header;
+UTF-8 (a byte order mark at its start is ignored); CRLF or LF; blank lines
+ignored. Spaces and tabs around a field are not part of it: they are removed
+before the row is checked and sent, so ' Ana , Gómez ' is stored as 'Ana',
+'Gómez'; spaces inside a field ('María José') are kept.
+
+Exit codes: 0 done, winners printed; 1 gave up (every retry failed) or refused
+by the central; 2 bad settings (a flag, variable, config.ini section, key or
+value; a data file that is not a readable file; a server name that does not
+resolve); 3 stopped at an invalid row (every row before it is stored; fix it and
+rerun); 4 no draw within --winners-timeout; 128+N interrupted by signal N (130
+Ctrl-C, 143 SIGTERM; a rerun resumes)."""
+
+
+def agency_number(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_AGENCY:
+        raise ValueError(f"must be 1 to {MAX_AGENCY}")
+    return value
+
+
+def token(text: str) -> str:
+    if len(text.encode("utf-8")) > MAX_TOKEN_BYTES:
+        raise ValueError(f"must be at most {MAX_TOKEN_BYTES} bytes")
+    return text
 
 
 def server_address(text: str) -> tuple[str, int]:
@@ -50,21 +85,27 @@ def seconds_or_forever(text: str) -> float | None:
     return value or None
 
 
+SERVER_FLAGS = "--server HOST:PORT, CLI_SERVER_ADDRESS or [server] address"
+MAX_AGENCY = 2**32 - 1  # HELLO's agency is a u32
+MAX_TOKEN_BYTES = 2**16 - 1  # HELLO's token is a str: a u16 byte count
+
 OPTIONS = [
-    Option("agency", "CLI_ID", "client", "id", None, positive_int, "agency number, 1..N (required)", "N"),
-    Option("server", "CLI_SERVER_ADDRESS", "server", "address", ("server", 12345), server_address,
-           "the central's address", "HOST:PORT"),
+    Option("agency", "CLI_ID", "client", "id", None, agency_number, "agency number, 1..N (required)", "N"),
+    Option("server", "CLI_SERVER_ADDRESS", "server", "address", "127.0.0.1:12345", server_address,
+           "the central's address ([::1]:12345 for IPv6)", "HOST:PORT"),
     Option("data", "CLI_DATA_FILE", "client", "data", "/data/agency.csv", str, "the agency's CSV file", "PATH"),
     Option("batch_max_amount", "CLI_BATCH_MAXAMOUNT", "batch", "maxAmount", 150, positive_int,
            "bets per batch; fewer only when a frame would exceed 8 KiB (150 fits typical rows)", "K"),
     Option("window", "CLI_WINDOW", "client", "window", 8, positive_int, "batches sent before their ACKs arrive", "W"),
-    Option("token", "CLI_TOKEN", "client", "token", "", str, "the agency's token, when the central requires one", "T"),
+    Option("token", "CLI_TOKEN", "client", "token", "", token, "the agency's token, when the central requires one", "T",
+           secret=True),
     Option("retries", "CLI_RETRIES", "client", "retries", 10, non_negative_int,
            "new sessions after a lost one before giving up", "R"),
     Option("on_invalid", "CLI_ON_INVALID", "client", "on_invalid", "stop", choice("stop", "skip"),
-           "an invalid row: stop before it (exit 3), or skip it and report it", "stop|skip"),
-    Option("winners_timeout", "CLI_WINNERS_TIMEOUT", "client", "winners_timeout", None, seconds_or_forever,
-           "seconds to wait for the draw; 0 or unset waits as long as it takes", "S"),
+           "an invalid row: store every row before it and stop (exit 3), or skip it and report it", "stop|skip"),
+    Option("winners_timeout", "CLI_WINNERS_TIMEOUT", "client", "winners_timeout", "0", seconds_or_forever,
+           "seconds to wait in all for the draw, from asking for the winners, reconnections included "
+           "(exit 4 past it); 0 waits as long as it takes", "S"),
     Option("tls", "CLI_TLS", "tls", "enabled", False, boolean, "connect with TLS", "true|false"),
     Option("tls_ca", "CLI_TLS_CA", "tls", "ca", None, str, "CA certificate (PEM) to verify the central with", "PATH"),
     Option("log_level", "CLI_LOG_LEVEL", "log", "level", "INFO", log_level, "DEBUG, INFO, WARNING or ERROR", "L"),
@@ -84,16 +125,32 @@ def _raise_interrupted(signum, frame) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all, so that Ctrl-C at any point (reading settings, counting rows) is one line.
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    prog = program_name("python -m client")
+    try:
+        return _run(prog, argv)
+    except Interrupted as interrupted:  # before the run: logging may not be set up yet
+        print(f"{prog}: interrupted ({interrupted}) before the run began", file=sys.stderr)
+        return 128 + interrupted.signum
+
+
+def _run(prog: str, argv: Sequence[str] | None) -> int:
     settings = load_settings("python -m client", DESCRIPTION, OPTIONS, "CLI_CONFIG", argv)
     if settings.agency is None:
-        print("python -m client: error: the agency number is required (--agency, CLI_ID or [client] id)",
-              file=sys.stderr)
+        print(f"{prog}: error: the agency number is required (--agency, CLI_ID or [client] id)", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_level)
+    # A closed stdout (`| head`) must not end the agency's run half way, nor print a
+    # traceback per log line: the bets still go to the central, the lines are dropped.
+    logging.raiseExceptions = False
     try:
-        bet_file = BetFile(settings.data, settings.on_invalid)
-    except OSError as error:
-        print(f"python -m client: error: data file {settings.data}: {error.strerror}", file=sys.stderr)
+        bet_file = BetFile(settings.data, settings.on_invalid, agency=settings.agency)
+        rows = bet_file.count_rows()
+    except (DataFileError, OSError) as error:
+        message = error if isinstance(error, DataFileError) else f"data file {settings.data}: {error.strerror}"
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_CONFIG
     host, port = settings.server
     config = AgencyConfig(
@@ -101,30 +158,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         window=settings.window, token=settings.token, retries=settings.retries,
         winners_timeout=settings.winners_timeout, tls=settings.tls, tls_ca=settings.tls_ca,
     )
-    # ~47 bytes a row in the course's files: a cheap estimate of the total for progress lines
-    agency = Agency.from_file(config, bet_file, size_hint=max(1, bet_file.size // 47))
-    signal.signal(signal.SIGTERM, _raise_interrupted)
-    signal.signal(signal.SIGINT, _raise_interrupted)
+    try:
+        agency = Agency.from_file(config, bet_file, total_rows=rows)
+    except (OSError, ssl.SSLError) as error:
+        print(f"{prog}: error: TLS CA certificate {settings.tls_ca}: {getattr(error, 'strerror', None) or error}",
+              file=sys.stderr)
+        return EXIT_CONFIG
     try:
         result = agency.run()
     except Interrupted as interrupted:
         log_event(log, logging.INFO, "interrupcion", "success", signal=interrupted, agency=settings.agency)
         return 128 + interrupted.signum
     except InvalidRow as invalid:
-        problem = invalid.problem
-        log_event(log, logging.ERROR, "fila_invalida", "fail", file=f"{problem.path}:{problem.line}",
-                  field=problem.field, reason=problem.reason)
+        log_invalid_row(invalid.problem, settings.agency, stopping=True)
         return EXIT_INVALID_ROW
+    except ServerNotFound as not_found:
+        print(f"{prog}: error: {not_found}; the central's address is set with {SERVER_FLAGS}", file=sys.stderr)
+        return EXIT_CONFIG
+    except NoDraw as no_draw:
+        log_event(log, logging.ERROR, "espera_sorteo", "fail", agency=settings.agency, reason=no_draw)
+        return EXIT_NO_DRAW
     except AgencyFailed as failed:
         log_event(log, logging.ERROR, "agencia", "fail", agency=settings.agency, reason=failed)
         return EXIT_FAILED
-    print(f"agency {settings.agency}: {len(result.winners)} winners: {' '.join(result.winners) or '-'}")
+    _say(f"agency {settings.agency}: {len(result.winners)} winners: {' '.join(result.winners) or '-'}")
     log_event(
-        log, logging.INFO, "resumen", "success",
-        agency=settings.agency, enviadas=result.sent, almacenadas=result.total, omitidas=result.skipped,
-        segundos=f"{result.elapsed:.2f}", apuestas_por_segundo=round(result.sent / max(result.elapsed, 1e-9)),
+        log, logging.INFO, "resumen", "success", agency=settings.agency,
+        filas=rows, almacenadas=result.total, ya_almacenadas=result.stored_before, enviadas=result.sent,
+        omitidas=result.skipped, segundos_envio=f"{result.ingest_seconds:.2f}",
+        apuestas_por_segundo=round(result.sent / max(result.ingest_seconds, 1e-9)),
+        segundos_total=f"{result.elapsed:.2f}",
     )
-    return 0
+    return EXIT_DONE
+
+
+def _say(line: str) -> None:
+    """Prints the run's result; a reader that went away (| head) is not the run's failure."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush finds no pipe
 
 
 if __name__ == "__main__":

@@ -5,11 +5,17 @@ Theory of operation. One `Agency.run()` is a whole lottery for one agency:
 2. read the file from bet `committed + 1` and send it in batches cut by the
    protocol's packer, keeping up to `window` batches unacknowledged; every ACK must
    match the oldest batch in flight;
-3. DONE, wait for DONE_ACK, WINNERS_QUERY, and read WINNERS frames up to `final`.
+3. once every bet handed out is acknowledged, ask the source whether it ended
+   where it should (`before_done`: a file stopped at an invalid row says no, after
+   every bet before that row is stored);
+4. DONE, wait for DONE_ACK, WINNERS_QUERY, and read WINNERS frames up to `final`.
 A lost connection, a refused connect, or an answer that says "retry later"
 (STORAGE_FAILED, SHUTTING_DOWN, SERVER_BUSY, TIMEOUT) starts the session again
 after a capped, jittered exponential backoff: the new WELCOME says where to resume,
 so every bet is sent and stored exactly once whatever batch size ran before.
+Two things are not retried: a host name that does not resolve before any session
+succeeded (a wrong address, not a lost session), and the wait for the draw past
+`winners_timeout`, which counts from the first WINNERS_QUERY across sessions.
 
 The socket is blocking with timeouts. The client never deadlocks with the server's
 backpressure: at most `window` ACKs (11 bytes each) are ever unread, far below the
@@ -69,12 +75,28 @@ class AgencyFailed(Exception):
     """The agency cannot finish: the server refused it, or every attempt failed."""
 
 
+class ServerNotFound(AgencyFailed):
+    """The central's host name does not resolve, and never did in this run."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"cannot find the central's host {host!r}: {reason}")
+        self.host = host
+
+
+class NoDraw(AgencyFailed):
+    """The draw did not happen within `winners_timeout` seconds of the first WINNERS_QUERY."""
+
+
+class _NoAnswer(SessionLost):
+    """A wait on the socket ran out."""
+
+
 @dataclass
 class AgencyConfig:
     """Everything one agency run needs; defaults are the CLI's."""
 
     agency: int
-    host: str = "server"
+    host: str = "127.0.0.1"
     port: int = 12345
     max_amount: int = 120
     window: int = 8
@@ -82,7 +104,7 @@ class AgencyConfig:
     retries: int = 10  # new sessions after the first, before giving up
     connect_timeout: float = 5.0
     io_timeout: float = 30.0  # waiting for an ACK or DONE_ACK
-    winners_timeout: float | None = None  # None: wait for the draw as long as it takes
+    winners_timeout: float | None = None  # the whole wait for the draw; None: as long as it takes
     backoff_base: float = 0.2
     backoff_cap: float = 10.0
     tls: bool = False
@@ -92,12 +114,20 @@ class AgencyConfig:
 
 @dataclass
 class AgencyResult:
+    """What one run did, each number counting one thing."""
+
     winners: list[str]
-    sent: int  # bets sent and acknowledged in this run (resends excluded)
-    total: int  # the agency's bets stored at the central
-    skipped: int
-    elapsed: float
+    stored_before: int  # the agency's bets the central held when this run began
+    total: int  # the agency's bets the central holds at the end
+    skipped: int  # invalid rows skipped (policy skip)
+    ingest_seconds: float  # from the start to the last bet's ACK: the rate's time
+    elapsed: float  # the whole run, the wait for the draw included
     sessions: int
+
+    @property
+    def sent(self) -> int:
+        """Bets this run added at the central (a resent batch adds none)."""
+        return self.total - self.stored_before
 
 
 @dataclass
@@ -110,16 +140,20 @@ class _Flight:
 @dataclass
 class _Progress:
     started: float = field(default_factory=time.monotonic)
-    sent: int = 0
     last_report: float = field(default_factory=time.monotonic)
+    stored_before: int | None = None  # `committed` in this run's first WELCOME
+    ingest_finished: float | None = None  # when the last bet's ACK came
 
 
 class Agency:
     """Owns one agency's run: its bet source, its sessions, retries and progress.
 
     `bets(skip)` yields the agency's valid bets after the first `skip` (a BetFile's
-    `bets`, or any generator for benchmarks). `on_ack(first, count, latency)` is
-    called for every ACK, e.g. to track acknowledged bets or ACK latency.
+    `bets`, or any generator for benchmarks). `before_done()` runs once every bet
+    handed out is acknowledged and may raise to stop before DONE (a BetFile's
+    `check_complete`). `on_ack(first, count, latency)` is called for every ACK,
+    e.g. to track acknowledged bets or ACK latency. `total_rows` is the size of the
+    source that progress lines show.
     """
 
     def __init__(
@@ -127,22 +161,30 @@ class Agency:
         config: AgencyConfig,
         bets: Callable[[int], Iterator[Bet]],
         on_ack: Callable[[int, int, float], None] | None = None,
-        size_hint: int | None = None,
+        total_rows: int | None = None,
         skipped: Callable[[], int] = lambda: 0,
+        before_done: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self._bets = bets
         self._on_ack = on_ack
-        self._size_hint = size_hint
+        self._total_rows = total_rows
         self._skipped = skipped
+        self._before_done = before_done
         self._progress = _Progress()
         self._sock: socket.socket | None = None
         self._decoder: FrameDecoder | None = None
         self._committed = 0
+        # Built once, here: a CA file that cannot be read is the caller's mistake to
+        # report before any connection (OSError or ssl.SSLError), not a lost session.
+        self._tls = ssl.create_default_context(cafile=config.tls_ca) if config.tls else None
+        self._connected_once = False
+        self._draw_deadline: float | None = None
 
     @classmethod
     def from_file(cls, config: AgencyConfig, bet_file: BetFile, **kwargs) -> "Agency":
-        return cls(config, bet_file.bets, skipped=lambda: bet_file.skipped, **kwargs)
+        return cls(config, bet_file.bets, skipped=lambda: bet_file.skipped,
+                   before_done=bet_file.check_complete, **kwargs)
 
     # --- the run -------------------------------------------------------------------
     def run(self) -> AgencyResult:
@@ -159,13 +201,19 @@ class Agency:
                     raise AgencyFailed(f"gave up after {attempt} attempts: {lost}") from None
                 delay = min(self.config.backoff_cap, self.config.backoff_base * 2 ** (attempt - 1))
                 delay = random.uniform(delay / 2, delay)  # jitter: agencies do not retry in step
+                delay = min(delay, self._draw_time_left())  # the draw's wait is a total, retries included
                 log_event(log, logging.INFO, "conexion", "in_progress", agency=self.config.agency,
                           attempt=attempt, retry_in_s=f"{delay:.2f}", reason=lost)
                 time.sleep(delay)
             finally:
                 self._close()
-        elapsed = time.monotonic() - self._progress.started
-        result = AgencyResult(winners, self._progress.sent, self._committed, self._skipped(), elapsed, attempt + 1)
+        progress = self._progress
+        now = time.monotonic()
+        result = AgencyResult(
+            winners, progress.stored_before, self._committed, self._skipped(),
+            ingest_seconds=progress.ingest_finished - progress.started, elapsed=now - progress.started,
+            sessions=attempt + 1,
+        )
         log_event(log, logging.INFO, "consulta_ganadores", "success", cant_ganadores=len(winners))
         return result
 
@@ -173,17 +221,41 @@ class Agency:
         self._connect()
         welcome = self._expect(Welcome, self.config.io_timeout)
         self._committed = welcome.committed
+        if self._progress.stored_before is None:
+            self._progress.stored_before = welcome.committed
         log_event(log, logging.DEBUG, "hello", "success", agency=self.config.agency, committed=welcome.committed)
         self._send_bets(welcome.committed)
+        self._before_done()
+        if self._progress.ingest_finished is None:
+            self._progress.ingest_finished = time.monotonic()
         self._send(encode(Done()))
         self._expect(DoneAck, self.config.io_timeout)
         self._send(encode(WinnersQuery()))
+        if self._draw_deadline is None and self.config.winners_timeout is not None:
+            self._draw_deadline = time.monotonic() + self.config.winners_timeout
         documents: list[str] = []
         while True:
-            frame = self._expect(Winners, self.config.winners_timeout)
+            try:
+                frame = self._expect(Winners, self._draw_time_left(default=None))
+            except _NoAnswer:
+                # Only the draw's deadline bounds this wait, so running out means it passed.
+                raise self._no_draw() from None
             documents.extend(frame.documents)
             if frame.final:
                 return documents
+
+    def _draw_time_left(self, default: float | None = float("inf")) -> float | None:
+        """Seconds left of the wait for the draw (`default` when unbounded); NoDraw once none are."""
+        if self._draw_deadline is None:
+            return default
+        left = self._draw_deadline - time.monotonic()
+        if left <= 0:
+            raise self._no_draw()
+        return left
+
+    def _no_draw(self) -> NoDraw:
+        return NoDraw(f"no draw within {self.config.winners_timeout:g} s of asking for the winners; "
+                      "the central draws once every agency is done (a rerun asks again)")
 
     def _send_bets(self, committed: int) -> None:
         first = committed + 1
@@ -206,7 +278,6 @@ class Agency:
         new = flight.first + flight.count - 1 - self._committed
         if new > 0:
             self._committed += new
-            self._progress.sent += new
         if self._on_ack is not None:
             self._on_ack(flight.first, flight.count, time.monotonic() - flight.sent_at)
         self._report_progress()
@@ -217,10 +288,11 @@ class Agency:
         if now - progress.last_report < PROGRESS_EVERY:
             return
         progress.last_report = now
-        fields = {"enviadas": self._committed}
-        if self._size_hint:
-            fields["total"] = self._size_hint
-        fields["apuestas_por_segundo"] = round(progress.sent / max(now - progress.started, 1e-9))
+        fields = {"agency": self.config.agency, "almacenadas": self._committed}
+        if self._total_rows is not None:
+            fields["filas"] = self._total_rows
+        stored_now = self._committed - progress.stored_before
+        fields["apuestas_por_segundo"] = round(stored_now / max(now - progress.started, 1e-9))
         log_event(log, logging.INFO, "progreso", "in_progress", **fields)
 
     # --- the wire ------------------------------------------------------------------
@@ -228,13 +300,20 @@ class Agency:
         config = self.config
         try:
             sock = socket.create_connection((config.host, config.port), timeout=config.connect_timeout)
+        except socket.gaierror as error:
+            # A name that never resolved is a wrong address: retrying it only delays
+            # saying so. Once a session has worked, or while the resolver itself is
+            # failing (EAI_AGAIN), it is a passing fault like any lost session.
+            if not self._connected_once and error.errno != socket.EAI_AGAIN:
+                raise ServerNotFound(config.host, error.strerror) from None
+            raise SessionLost(f"connect to {config.host}:{config.port} failed: {error.strerror}") from None
         except OSError as error:
             raise SessionLost(f"connect to {config.host}:{config.port} failed: {error}") from None
+        self._connected_once = True
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if config.tls:
-            context = ssl.create_default_context(cafile=config.tls_ca)
+        if self._tls is not None:
             try:
-                sock = context.wrap_socket(sock, server_hostname=config.server_name or config.host)
+                sock = self._tls.wrap_socket(sock, server_hostname=config.server_name or config.host)
             except (OSError, ssl.SSLError) as error:
                 sock.close()
                 if isinstance(error, ssl.SSLCertVerificationError):
@@ -283,7 +362,7 @@ class Agency:
         except ProtocolError as error:
             raise AgencyFailed(f"the server broke the protocol: {error}") from None
         except socket.timeout:
-            raise SessionLost(f"no answer within {timeout} s") from None
+            raise _NoAnswer(f"no answer within {timeout:g} s") from None
         except OSError as error:
             raise SessionLost(f"connection lost: {error}") from None
 

@@ -1,16 +1,16 @@
-"""`python -m reactor`: the lottery central. Also `export` and `stats` on a database.
+"""`python -m reactor` (installed: `lottery-central`): the lottery central.
 
     python -m reactor [--port 12345 --db ./data/bets.db ...]   serve
-    python -m reactor export --db PATH --csv OUT                 all bets as the course's bets.csv
-    python -m reactor stats --db PATH                            JSON: agencies, totals, the draw
+    python -m reactor export --csv OUT [--db PATH]               all bets as the course's bets.csv
+    python -m reactor stats [--db PATH]                          JSON: agencies, totals, the draw
+
+`export` and `stats` live in `commands`; they read the database the server's
+settings name.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import gc
-import json
 import logging
 import signal
 import sqlite3
@@ -31,6 +31,7 @@ from runtime.settings import (
     positive_int,
 )
 
+from . import commands
 from .connection import ConnectionLimits
 from .dblock import DatabaseInUse, DatabaseLock
 from .loop import EventLoop
@@ -45,9 +46,14 @@ DESCRIPTION = """The lottery central: takes agencies' bets over the Lottery Bet 
 stores them durably in SQLite, runs the draw once every agency is done, and answers
 each agency's winners. One thread, one process, a selectors loop.
 
-Other commands (run `python -m reactor export --help`):
-  export --db PATH --csv OUT   write every bet as agency,first_name,last_name,document,birthdate,number
-  stats --db PATH              print agencies, totals and the draw as JSON"""
+Other commands (add --help to one for its own):
+  export --csv OUT   write every bet as agency,first_name,last_name,document,birthdate,number
+  stats              print agencies, totals and the draw as JSON
+Both read the database the settings below name (--db, SERVER_DB, [server] db).
+
+Exit codes: 0 stopped by SIGTERM or SIGINT after draining; 1 could not start or
+serve (the database cannot be opened, the address cannot be listened on); 2 bad
+settings (a flag, variable, config.ini section, key or value)."""
 
 
 def winning_number(text: str) -> int:
@@ -225,66 +231,12 @@ def _log_output() -> BufferedLogHandler | None:
         return None
 
 
-def export(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reactor export", description="Write every bet in arrival "
-                                     "order as the course's bets.csv: agency,first_name,last_name,document,birthdate,number.")
-    parser.add_argument("--db", required=True, help="SQLite database of the central")
-    parser.add_argument("--csv", required=True, help="output file ('-' for stdout)")
-    args = parser.parse_args(argv)
-    store = _open_existing(args.db, parser)
-    out = sys.stdout if args.csv == "-" else open(args.csv, "w", newline="", encoding="utf-8")
-    try:
-        writer = csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-        writer.writerows(store.iter_bets())
-    finally:
-        if out is not sys.stdout:
-            out.close()
-        store.close()
-    return 0
-
-
-def stats(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reactor stats", description="Print the central's state as JSON.")
-    parser.add_argument("--db", required=True, help="SQLite database of the central")
-    args = parser.parse_args(argv)
-    store = _open_existing(args.db, parser)
-    try:
-        draw = store.draw()
-        winners = store.winners() if draw and draw.finished else {}
-        report = {
-            "agencies": {
-                str(n): {"committed": s.committed, "done": s.done, "winners": len(winners.get(n, []))}
-                for n, s in sorted(store.agencies().items())
-            },
-            "total_bets": store.total_bets(),
-            "draw": None if draw is None else {
-                "winning_number": draw.winning_number,
-                "drawn_at": draw.drawn_at,
-                "finished": draw.finished,
-                "winners": sum(map(len, winners.values())),
-            },
-        }
-    finally:
-        store.close()
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-def _open_existing(path: str, parser: argparse.ArgumentParser) -> Store:
-    if not Path(path).exists():
-        parser.exit(2, f"{parser.prog}: error: database {path} does not exist\n")
-    try:
-        return Store(path, read_only=True)  # never in the way of a central serving from it
-    except DatabaseUnusable as error:
-        parser.exit(1, f"{parser.prog}: error: {error}\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export":
-        return export(argv[1:])
+        return commands.export(argv[1:], OPTIONS)
     if argv and argv[0] == "stats":
-        return stats(argv[1:])
+        return commands.stats(argv[1:], OPTIONS)
     return serve(argv)
 
 

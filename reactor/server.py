@@ -64,7 +64,9 @@ class Server:
         self.refused_busy = 0
         self.evicted = 0
         self._draining = False
-        self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=False)
+        # The host picks the address family: --host ::1 listens on IPv6, 0.0.0.0 on IPv4.
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        self._listener = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=False)
         self._listener.setblocking(False)
         self.port = self._listener.getsockname()[1]
         loop.register(self._listener, selectors.EVENT_READ, self)

@@ -197,7 +197,7 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         if self.read_only:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+            db = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
                                  timeout=OPEN_BUSY_TIMEOUT)
             self._check_ours(db)
             return db

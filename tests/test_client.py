@@ -112,11 +112,13 @@ def test_invalid_rows_stop_by_default_and_skip_reports_them(tmp_path):
     with ServerProcess(tmp_path / "bets.db", "--agencies", "1") as server:
         code, out = finish(client(server.port, 1, data, "--batch-max-amount", "5"))
         assert code == 3, out
-        assert f"file: {data}:10 | field: document" in out
-        assert sum(server.stored_counts()) <= 9  # nothing past the invalid row was sent
+        assert f"action: fila_invalida | result: fail | agency: 1 | file: {data}:10 | field: document" in out
+        assert sum(server.stored_counts()) == 9  # every row before the invalid one, nothing past it
         code, out = finish(client(server.port, 1, data, "--on-invalid", "skip", "--batch-max-amount", "5"))
         assert code == 0, out
-        assert f"{data}:10: document:" in out and f"{data}:20: birthdate:" in out
+        # the same line under skip, only its result and policy differ
+        assert f"action: fila_invalida | result: in_progress | agency: 1 | file: {data}:10 | field: document" in out
+        assert f"file: {data}:20 | field: birthdate" in out
         assert "omitidas: 2" in out
     expected = [line.rstrip("\r\n").split(",") for i, line in enumerate(rows) if i not in (9, 19)]
     assert agency_rows(tmp_path / "bets.db", 1) == expected
@@ -179,8 +181,10 @@ def test_lf_crlf_and_a_final_blank_line_read_alike(tmp_path):
     assert [b.document for b in BetFile(lf).bets(skip=1)] == ["2"]
     broken = tmp_path / "broken.csv"
     broken.write_bytes(b"Ana,G\xff,1,1990-01-01,5\n")
+    bet_file = BetFile(broken)
+    assert list(bet_file.bets()) == []
     with pytest.raises(InvalidRow, match=r"broken.csv:1: line: invalid UTF-8"):
-        list(BetFile(broken).bets())
+        bet_file.check_complete()
 
 
 def test_settings_precedence_flag_env_file_default(tmp_path, monkeypatch):
