@@ -35,7 +35,7 @@ progress { width: 100%; height: .9rem; accent-color: var(--wait); }
 tr[data-done="true"] progress, #draw[data-state="done"] progress { accent-color: var(--ok); }
 .badge { font-size: .8rem; font-weight: 600; padding: .05rem .45rem; border-radius: 1rem; border: 1px solid; }
 tr[data-done="true"] .badge { color: var(--ok); } tr[data-done="false"] .badge { color: var(--wait); }
-footer.stale { color: #cf222e; }
+footer { margin-top: .75rem; } footer.stale { color: #cf222e; }
 """
 
 _SCRIPT = """
@@ -96,7 +96,7 @@ _SCRIPT = """
     const scan = byId("draw-progress");
     scan.max = Math.max(1, d.total);
     scan.value = d.state === "done" ? scan.max : d.scanned;
-    setText(byId("draw-scanned"), fmt(d.scanned) + " of " + fmt(d.total) + " rows scanned");
+    setText(byId("draw-scanned"), d.state === "open" ? "The scan starts once every agency is done." : fmt(d.scanned) + " of " + fmt(d.total) + " rows scanned");
     setText(byId("winning-number"), d.winning_number === null ? "-" : String(d.winning_number));
     setText(byId("winners"), d.winners === null ? "-" : fmt(d.winners));
   }
@@ -164,6 +164,11 @@ def render_page(status: dict) -> str:
     most = max([1] + [agency["committed"] for agency in status["agencies"]])
     scan_max = max(1, draw["total"])
     scan_value = scan_max if draw["state"] == "done" else draw["scanned"]
+    scanned = (
+        "The scan starts once every agency is done."
+        if draw["state"] == "open"
+        else f"{_number(draw['scanned'])} of {_number(draw['total'])} rows scanned"
+    )
     waiting = f"Waiting for agencies {', '.join(map(str, missing))}." if missing else "No agency missing."
     uptime = f"· up {_number(int(status['uptime_s']))} s" if "uptime_s" in status else ""
     rate = _number(status["bets_per_second"]) if "bets_per_second" in status else "-"
@@ -196,7 +201,7 @@ def render_page(status: dict) -> str:
 <h2>Draw: <span id="draw-state">{_e(draw["state"])}</span></h2>
 <p id="draw-waiting">{_e(waiting)}</p>
 <p><progress id="draw-progress" max="{_e(scan_max)}" value="{_e(scan_value)}"></progress>
-<span id="draw-scanned">{_e(_number(draw["scanned"]))} of {_e(_number(draw["total"]))} rows scanned</span></p>
+<span id="draw-scanned">{_e(scanned)}</span></p>
 <p>Winning number: <strong id="winning-number">{_e(winning_number)}</strong>; winners: <strong id="winners">{_e(winners)}</strong></p>
 </section>
 <table>

@@ -30,6 +30,7 @@ def test_the_table_carries_the_hooks_without_javascript():
 def test_the_page_tells_what_the_draw_waits_for_and_what_it_found():
     waiting = render_page(sample_status())
     assert "Waiting for agencies 2, 3." in waiting
+    assert "The scan starts once every agency is done." in waiting
     assert ">sending<" in waiting and ">not connected<" in waiting and ">DONE<" in waiting
     done = render_page(
         sample_status(
@@ -38,6 +39,7 @@ def test_the_page_tells_what_the_draw_waits_for_and_what_it_found():
         )
     )
     assert "No agency missing." in done
+    assert "1,800 of 1,800 rows scanned" in done
     assert '<strong id="winning-number">7574</strong>' in done
     assert '<strong id="winners">3</strong>' in done
     assert DataHooks(done).draw["data-state"] == "done"
@@ -159,6 +161,7 @@ def test_chromium_runs_the_script_and_it_keeps_the_hooks_current(chromium, tmp_p
         assert hooks.draw["data-state"] == "done"
         assert re.search(r'<footer id="updated"[^>]*>Updated ', dom)
         assert '<strong id="winning-number">7574</strong>' in dom
+        assert "2,294 of 2,294 rows scanned" in dom
 
         shot = chromium.screenshot(server.url, tmp_path / "status-page.png", size=(1200, 800))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
