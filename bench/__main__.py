@@ -55,7 +55,8 @@ class Server:
         if kind == "ours":
             command = ["-m", "reactor", "--host", "127.0.0.1", "--port", str(self.port), "--db", str(db),
                        "--agencies", str(agencies), "--durability", durability, "--log-level", "INFO",
-                       "--handshake-timeout", "3600", "--idle-timeout", "3600", "--max-connections", "20000"]
+                       "--handshake-timeout", "3600", "--idle-timeout", "3600", "--max-connections", "20000",
+                       "--admin-port", "off"]
         else:
             command = ["-m", "bench.servers", kind, "--port", str(self.port), "--db", str(db),
                        "--agencies", str(agencies), "--durability", durability]

@@ -30,7 +30,8 @@ def run_one(rows: int, workdir: Path) -> tuple[int, float]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", str(port),
-                               "--db", str(workdir / f"{rows}.db"), "--agencies", "1", "--log-level", "WARNING"],
+                               "--db", str(workdir / f"{rows}.db"), "--agencies", "1", "--log-level", "WARNING",
+                               "--admin-port", "off"],
                               cwd=ROOT, env=env)
     time.sleep(1.0)
     started = time.monotonic()

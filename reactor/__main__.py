@@ -29,16 +29,20 @@ from runtime.settings import (
     log_level,
     positive_float,
     positive_int,
+    program_name,
 )
 
 from . import commands
+from .admin import AdminSession
 from .connection import ConnectionLimits
 from .dblock import DatabaseInUse, DatabaseLock
+from .http import HttpError, RequestReader
 from .loop import EventLoop
 from .server import Server
 from .service import RANDOM_WINNING_NUMBER, Lottery, LotteryConfig, LotteryMismatch
 from .store import DatabaseLost, DatabaseUnusable, Store
 from .turn import TurnEnd
+from .watch import CentralStatus
 
 log = logging.getLogger("reactor")
 
@@ -51,9 +55,17 @@ Other commands (add --help to one for its own):
   stats              print agencies, totals and the draw as JSON
 Both read the database the settings below name (--db, SERVER_DB, [server] db).
 
-Exit codes: 0 stopped by SIGTERM or SIGINT after draining; 1 could not start or
-serve (the database cannot be opened, the address cannot be listened on); 2 bad
-settings (a flag, variable, config.ini section, key or value)."""
+The admin listener (--admin-port, 127.0.0.1:12346 by default) serves GET /livez,
+/readyz, /metrics (Prometheus), /status.json and / (a live status page).
+
+Exit codes: 0 stopped by SIGTERM, SIGINT or SIGHUP after draining; 1 could not
+start (the database is in use, damaged, not a central's, or holds a lottery these
+settings contradict; an address cannot be listened on); 2 bad settings (a flag,
+variable, config.ini section, key or value); 3 stopped on purpose after a fault it
+could not isolate (the database deleted or replaced while serving, a fault at the
+end of a turn): a restart recovers from the database."""
+
+MAX_AGENCIES = 100_000  # the service keeps an account per expected agency
 
 
 def winning_number(text: str) -> int:
@@ -72,11 +84,22 @@ def port_number(text: str) -> int:
     return value
 
 
+def port_or_off(text: str) -> int | None:
+    return None if text.strip().lower() == "off" else port_number(text)
+
+
+def agency_count(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_AGENCIES:
+        raise ValueError(f"must be 1 to {MAX_AGENCIES}")
+    return value
+
+
 OPTIONS = [
     Option("host", "SERVER_HOST", "server", "host", "0.0.0.0", str, "address to listen on"),
     Option("port", "SERVER_PORT", "server", "port", 12345, port_number, "TCP port (0 picks a free one)"),
     Option("db", "SERVER_DB", "server", "db", "./data/bets.db", str, "SQLite database file"),
-    Option("agencies", "SERVER_AGENCIES", "lottery", "agencies", 5, positive_int,
+    Option("agencies", "SERVER_AGENCIES", "lottery", "agencies", 5, agency_count,
            "number of agencies expected (1..N); the draw waits for all of them"),
     Option("durability", "SERVER_DURABILITY", "server", "durability", "full", choice("full", "normal", "off"),
            "full: on disk before the ACK; normal: safe from a process crash; off: no fsync"),
@@ -96,6 +119,10 @@ OPTIONS = [
            "file of agency=token lines; when set, HELLO must carry the agency's token"),
     Option("tls_cert", "SERVER_TLS_CERT", "tls", "cert", None, str, "PEM certificate: serve TLS"),
     Option("tls_key", "SERVER_TLS_KEY", "tls", "key", None, str, "PEM private key for --tls-cert"),
+    Option("admin_host", "SERVER_ADMIN_HOST", "admin", "host", "127.0.0.1", str,
+           "address of the admin listener (health, metrics, status page)"),
+    Option("admin_port", "SERVER_ADMIN_PORT", "admin", "port", "12346", port_or_off,
+           "port of the admin listener (0 picks a free one; off disables it)"),
     Option("log_level", "LOGGING_LEVEL", "log", "level", "INFO", log_level, "DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -131,10 +158,11 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
 
 
 EXIT_DRAINED, EXIT_CANNOT_START, EXIT_CONFIG, EXIT_FAULT = 0, 1, 2, 3
+PROG = "python -m reactor"
 
 
 def serve(argv: Sequence[str] | None = None) -> int:
-    settings = load_settings("python -m reactor", DESCRIPTION, OPTIONS, "SERVER_CONFIG", argv)
+    settings = load_settings(PROG, DESCRIPTION, OPTIONS, "SERVER_CONFIG", argv)
     logs = _log_output()
     configure_logging(settings.log_level, logs)
     try:
@@ -154,7 +182,7 @@ def _serve(settings, logs: BufferedLogHandler | None) -> int:
             frame_timeout=settings.frame_timeout,
         )
     except SettingError as error:
-        print(f"python -m reactor: error: {error}", file=sys.stderr)
+        print(f"{program_name(PROG)}: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
 
     lock = DatabaseLock(settings.db)
@@ -178,6 +206,17 @@ def _serve(settings, logs: BufferedLogHandler | None) -> int:
     except OSError as error:
         log_event(log, logging.ERROR, "accept_connections", "fail", port=settings.port, error=error.strerror)
         return _close(loop, store, lock, settings.db, EXIT_CANNOT_START)
+    watch = None
+    if settings.admin_port is not None:
+        watch = CentralStatus(lottery, server, loop, logs)
+        try:
+            server.open_admin(settings.admin_host, settings.admin_port, limits,
+                              new_handler=lambda connection: AdminSession(connection, watch),
+                              new_decoder=RequestReader, decode_error=HttpError)
+        except OSError as error:
+            log_event(log, logging.ERROR, "accept_admin_connections", "fail", port=settings.admin_port,
+                      error=error.strerror)
+            return _close(loop, store, lock, settings.db, EXIT_CANNOT_START, server)
 
     def on_signal(signum: int) -> None:
         log_event(log, logging.INFO, "signal", "success", signal=signal.Signals(signum).name)
@@ -186,7 +225,7 @@ def _serve(settings, logs: BufferedLogHandler | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, on_signal)
     loop.add_fault_listener(lottery.fault_in_turn)
-    end_of_turn = TurnEnd(lottery, loop, server.budget, logs)
+    end_of_turn = TurnEnd(lottery, loop, server.budget, logs, watch.turn_ended if watch else None)
     loop.set_end_of_turn(end_of_turn)
     # What exists now (modules, classes, the recovered state) lives as long as the
     # process: out of the cyclic GC's sight, a full collection with many sessions
@@ -199,10 +238,10 @@ def _serve(settings, logs: BufferedLogHandler | None) -> int:
         end_of_turn()  # anything staged in the last turn is committed before closing
     except DatabaseLost as error:
         log_event(log, logging.ERROR, "stop", "fail", reason=error, acknowledged="nothing after it")
-        return _close(loop, store, lock, settings.db, EXIT_FAULT)
+        return _close(loop, store, lock, settings.db, EXIT_FAULT, server)
     except Exception as error:  # the end of a turn failed: the shared state cannot be trusted
         log.error("action: stop | result: fail | reason: fault at the end of a turn: %r", error, exc_info=error)
-        return _close(loop, store, lock, settings.db, EXIT_FAULT)
+        return _close(loop, store, lock, settings.db, EXIT_FAULT, server)
     log_event(
         log, logging.INFO, "loop_stats", "success",
         turns=loop.turns,
@@ -212,10 +251,12 @@ def _serve(settings, logs: BufferedLogHandler | None) -> int:
         connections_accepted=server.accepted,
         faults=loop.faults,
     )
-    return _close(loop, store, lock, settings.db, EXIT_DRAINED)
+    return _close(loop, store, lock, settings.db, EXIT_DRAINED, server)
 
 
-def _close(loop: EventLoop, store: Store, lock: DatabaseLock, db: str, code: int) -> int:
+def _close(loop: EventLoop, store: Store, lock: DatabaseLock, db: str, code: int, server: Server | None = None) -> int:
+    if server is not None:
+        server.close()
     loop.close()
     store.close()
     lock.release()

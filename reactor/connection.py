@@ -145,13 +145,15 @@ class TurnBudget:
     end of every turn renews it.
     """
 
-    __slots__ = ("per_turn", "frames_per_turn", "remaining", "frames")
+    __slots__ = ("per_turn", "frames_per_turn", "remaining", "frames", "received", "sent")
 
     def __init__(self, per_turn: int = 64 * 1024, frames_per_turn: int = 256) -> None:
         self.per_turn = per_turn
         self.frames_per_turn = frames_per_turn
         self.remaining = per_turn
         self.frames = frames_per_turn
+        self.received = 0  # bytes, all turns together: what the budget was spent on
+        self.sent = 0
 
     def reset(self) -> None:
         self.remaining = self.per_turn
@@ -166,7 +168,7 @@ class Handler(Protocol):
     """What a connection tells the layer above it (the lottery session)."""
 
     def message_received(self, message: Message) -> None: ...
-    def protocol_error(self, error: ProtocolError) -> None: ...
+    def protocol_error(self, error: Exception) -> None: ...  # the decoder's error (ProtocolError)
     def eof_received(self) -> None: ...
     def timed_out(self, what: str) -> None: ...
     def connection_lost(self, reason: str) -> None: ...
@@ -178,6 +180,7 @@ class Connection:
 
     __slots__ = (
         "loop", "sock", "peer", "limits", "handler", "_budget", "_on_closed", "_on_established", "_decoder",
+        "_decode_error",
         "_out", "_out_size", "_state", "_paused", "_tls", "_identified", "_owed", "_interest", "_last_progress",
         "_frame_started", "_deadline_timer", "_linger_timer",
     )
@@ -191,6 +194,8 @@ class Connection:
         on_closed: Callable[["Connection"], None],
         budget: TurnBudget,
         on_established: Callable[["Connection"], None] | None = None,
+        decoder=None,
+        decode_error: type[Exception] = ProtocolError,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -200,7 +205,10 @@ class Connection:
         self._budget = budget
         self._on_closed = on_closed
         self._on_established = on_established  # told when the first message arrives
-        self._decoder = FrameDecoder(Role.SERVER)
+        # The protocol behind this transport: the Lottery Bet Protocol's frames by
+        # default, or another decoder of the same shape (the admin side's HTTP reader).
+        self._decoder = decoder if decoder is not None else FrameDecoder(Role.SERVER)
+        self._decode_error = decode_error
         self._out: list[memoryview | bytes] = []  # a list: an empty deque costs ~600 bytes a peer
         self._out_size = 0
         self._state = State.OPEN
@@ -240,6 +248,7 @@ class Connection:
                 return
             if sent:
                 self._last_progress = self.loop.time()
+                self._budget.sent += sent
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
@@ -313,11 +322,12 @@ class Connection:
             return None
         if data:
             self._budget.remaining -= len(data)
+            self._budget.received += len(data)
         else:
             self._end_input()
         try:
             self._decoder.receive_data(data)
-        except ProtocolError as error:
+        except self._decode_error as error:
             self._protocol_error(error)
             return None
         self._deliver()
@@ -342,6 +352,7 @@ class Connection:
                 return
             if sent:
                 self._last_progress = self.loop.time()
+                self._budget.sent += sent
             self._out_size -= sent
             if sent == len(head):
                 del self._out[0]
@@ -391,7 +402,7 @@ class Connection:
                 break
             try:
                 message = self._decoder.next_message()
-            except ProtocolError as error:
+            except self._decode_error as error:
                 self._protocol_error(error)
                 return
             if message is NEED_DATA:
@@ -420,7 +431,7 @@ class Connection:
             else:  # input is over (EOF), so the selector will not report us: come back anyway
                 self.loop.call_soon(self._deliver)
 
-    def _protocol_error(self, error: ProtocolError) -> None:
+    def _protocol_error(self, error: Exception) -> None:
         self._end_input()
         self.handler.protocol_error(error)
 

@@ -63,10 +63,10 @@ class Draw:
 
     @property
     def phase(self) -> str:
-        """open (waiting for DONEs), drawing (fixed, scanning for winners), done."""
+        """open (waiting for DONEs), drawing (fixed, scanning, not yet announced), done."""
         if self.state is None:
             return "open"
-        return "done" if self.state.finished else "drawing"
+        return "done" if self.winners is not None else "drawing"
 
     def stop(self) -> None:
         """Draining: no further step."""
@@ -74,9 +74,16 @@ class Draw:
 
     # --- the turn's commit -------------------------------------------------------------
     def turn_committed(self) -> None:
-        if self._staged is not None:
-            self.state, self._staged = self._staged, None
-            self._retry = 0.0
+        if self._staged is None:
+            return
+        started = self.state is None
+        self.state, self._staged = self._staged, None
+        self._retry = 0.0
+        if started:
+            log_event(log, logging.INFO, "draw_start", "in_progress", bets=self.state.last_rowid)
+        elif self.state.last_rowid > DRAW_SCAN_SLICE:  # a long scan tells how far it got
+            log_event(log, logging.INFO, "draw_scan", "in_progress", scanned=self.state.scanned_to,
+                      total=self.state.last_rowid)
 
     def turn_failed(self) -> None:
         if self._staged is not None:

@@ -313,9 +313,9 @@ class CentralMetrics:
             "lottery_connections_refused_total", "Agency connections refused, by reason.", ["reason"]
         )
         self.bytes_received = registry.counter(
-            "lottery_bytes_received_total", "Bytes read from agency connections."
+            "lottery_bytes_received_total", "Bytes read from connections (agencies and admin)."
         ).labels()
-        self.bytes_sent = registry.counter("lottery_bytes_sent_total", "Bytes sent to agency connections.").labels()
+        self.bytes_sent = registry.counter("lottery_bytes_sent_total", "Bytes sent to connections (agencies and admin).").labels()
         self.commit_duration = registry.histogram(
             "lottery_commit_duration_seconds", "Duration of each group commit of the store.", COMMIT_BUCKETS
         ).labels()

@@ -37,6 +37,7 @@ from .store import DatabaseLost, Holdings, StorageError, Store
 log = logging.getLogger(__name__)
 
 DRAIN_SESSIONS_PER_TURN = 200  # sessions ended per turn of a drain
+MISSING_EVERY = 30.0  # seconds between the lines naming the agencies the draw still waits for
 
 
 @dataclass
@@ -87,6 +88,13 @@ class Lottery:
         self._turn_lost: str | None = None  # why this turn's transaction cannot be committed
         self._announced = False  # the draw was announced in this turn's commit step
         self.draining = False
+        # Figures the admin side reads (counted per batch or per turn, never per bet).
+        self.batches_acked = 0
+        self.batches_refused = 0
+        self._acks_waiting = 0  # ACKs of this turn that wait for its commit
+        self.errors_sent: dict[ErrorCode, int] = dict.fromkeys(ErrorCode, 0)
+        self.last_commit_failed = False
+        self._missing_timer = None
         self._adopt_database()
         self.draw = Draw(store, loop, config.winning_number,
                          everyone_done=lambda: all(a.done for a in self.agencies.values()),
@@ -130,7 +138,12 @@ class Lottery:
         if batch.last <= account.staged:  # stored before: nothing to store again
             log_event(log, logging.INFO, "apuesta_recibida", "success", cantidad=0, agency=account.number)
             # durable only once this turn commits, when this turn staged it
-            return Reply.of(ack, waits_for_commit=batch.last > account.committed, first=batch.first)
+            waits = batch.last > account.committed
+            if waits:
+                self._acks_waiting += 1
+            else:
+                self.batches_acked += 1
+            return Reply.of(ack, waits_for_commit=waits, first=batch.first)
         if account.done_staged:
             raise self._refused(account, batch, ErrorCode.AGENCY_CLOSED,
                                 "this agency sent DONE; it takes no new bets")
@@ -143,6 +156,7 @@ class Lottery:
                                 "the store could not take the batch; retry later") from None
         account.staged = batch.last
         self._stored_this_turn.append((account, len(new_bets)))
+        self._acks_waiting += 1
         return Reply.of(ack, waits_for_commit=True, first=batch.first)
 
     def take_done(self, account: AgencyAccount) -> Reply:
@@ -167,6 +181,9 @@ class Lottery:
     def wait_for_commit(self, session: Session) -> None:
         self._waiting.add(session)
 
+    def error_sent(self, code: ErrorCode) -> None:
+        self.errors_sent[code] += 1
+
     def session_ending(self, session: Session) -> None:
         """The session's agency may take a new session (a fatal error is on its way)."""
         if session.agency is not None and session.agency.session is session:
@@ -181,6 +198,7 @@ class Lottery:
         """A refused batch: logged as the course's failed `apuesta_recibida`."""
         log_event(log, logging.INFO, "apuesta_recibida", "fail", cantidad=batch.count, agency=account.number,
                   code=code.name)
+        self.batches_refused += 1
         return Refusal(code, message, batch.first)
 
     # --- the turn ------------------------------------------------------------------
@@ -230,20 +248,41 @@ class Lottery:
             log_event(log, logging.WARNING, "turn", "in_progress", rolled_back=self._turn_lost)
             self.store.rollback()  # what was staged after the loss cannot stand alone
         self._turn_lost = None
+        self.last_commit_failed = not committed
         if committed:
             for account, count in self._stored_this_turn:
                 log_event(log, logging.INFO, "apuesta_recibida", "success", cantidad=count, agency=account.number)
             for account in self.agencies.values():
                 account.committed = account.staged
-                account.done = account.done_staged
+                if account.done_staged and not account.done:
+                    account.done = True
+                    log_event(log, logging.INFO, "agency_done", "success", agency=account.number,
+                              bets=account.committed)
+                    self._tell_missing()
+            self.batches_acked += self._acks_waiting
             self.draw.turn_committed()
         else:
             for account in self.agencies.values():
                 account.staged = account.committed
                 account.done_staged = account.done
+            self.batches_refused += self._acks_waiting
             self.draw.turn_failed()
+        self._acks_waiting = 0
         self._stored_this_turn.clear()
         return committed
+
+    def _tell_missing(self) -> None:
+        """Names the agencies the draw still waits for: at the first DONE, then at most
+        every MISSING_EVERY seconds while it waits."""
+        missing = [a.number for a in self.agencies.values() if not a.done]
+        if self._missing_timer is not None:
+            self._missing_timer.cancel()
+            self._missing_timer = None
+        if not missing or self.draw.state is not None or self.draining:
+            return
+        log_event(log, logging.INFO, "draw_waiting", "in_progress", done=len(self.agencies) - len(missing),
+                  missing=",".join(map(str, missing)))
+        self._missing_timer = self._loop.call_later(MISSING_EVERY, self._tell_missing)
 
     def release_turn(self, committed: bool | None) -> None:
         """Settles every session that waited for the commit, answers the held queries
@@ -316,6 +355,8 @@ class Lottery:
         """
         self.draining = True
         self.draw.stop()
+        if self._missing_timer is not None:
+            self._missing_timer.cancel()
         self._end_sessions(list(self.sessions))
 
     def _end_sessions(self, sessions: list[Session]) -> None:

@@ -210,6 +210,7 @@ class Session:
         level = logging.DEBUG if code in _ORDINARY_ENDINGS else logging.INFO
         log_event(log, level, "session_error", "in_progress", peer=self.connection.peer,
                   agency="-" if agency is None else agency, code=code.name, reason=message)
+        self.lottery.error_sent(code)
         self._reply(Reply.of(Error(code, message, first)))
         self._close_if_answered()
 
@@ -217,7 +218,7 @@ class Session:
         """The turn's commit is over: the outbox goes out, each waiting reply as itself or,
         when the commit failed, as its STORAGE_FAILED."""
         released = [
-            reply.data if committed or not reply.waits_for_commit else _storage_failed_frame(reply.first)
+            reply.data if committed or not reply.waits_for_commit else self._storage_failed(reply.first)
             for reply in self._outbox
         ]
         self._outbox.clear()
@@ -248,7 +249,13 @@ class Session:
         if refusal.code.fatal:
             self.end(refusal.code, refusal.message, refusal.first)
         else:
+            self.lottery.error_sent(refusal.code)
             self._reply(Reply.of(Error(refusal.code, refusal.message, refusal.first)))
+
+    def _storage_failed(self, first: int) -> bytes:
+        """What a waiting reply becomes when its commit failed."""
+        self.lottery.error_sent(ErrorCode.STORAGE_FAILED)
+        return _storage_failed_frame(first)
 
     def _reply(self, reply: Reply) -> None:
         if reply.waits_for_commit:

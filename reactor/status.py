@@ -55,6 +55,21 @@ class DrawFigures:
     commitment: str | None = None
     seed: str | None = None
 
+    @classmethod
+    def of(cls, draw, winners: Mapping[int, list] | None) -> "DrawFigures":
+        """From the store's DrawState (None before the draw) and the winners once read:
+        done means announced, winners known."""
+        if draw is None:
+            return cls()
+        done = winners is not None
+        return cls(
+            state="done" if done else "drawing",
+            scanned=draw.scanned_to,
+            total=draw.last_rowid,
+            winning_number=draw.winning_number,
+            winners={agency: len(documents) for agency, documents in winners.items()} if done else None,
+        )
+
     def __post_init__(self) -> None:
         if self.state not in DRAW_STATES:
             raise ValueError(f"draw state must be one of {DRAW_STATES}, not {self.state!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import selectors
+from typing import Callable
 
 from .connection import TurnBudget
 from .service import Lottery
@@ -25,15 +26,19 @@ class TurnEnd:
     loop: the checkpoint then runs at once).
     """
 
-    def __init__(self, lottery: Lottery, loop=None, budget: TurnBudget | None = None, logs=None) -> None:
+    def __init__(self, lottery: Lottery, loop=None, budget: TurnBudget | None = None, logs=None,
+                 observe: Callable[[bool | None], None] | None = None) -> None:
         self.lottery = lottery
         self.loop = loop
         self.budget = budget
         self.logs = logs
+        self.observe = observe  # the admin side's per-turn figures (turn and commit durations)
         self._watching_logs = False
 
     def __call__(self) -> None:
         committed = self.lottery.commit_turn()
+        if self.observe is not None:
+            self.observe(committed)
         if self.logs is not None:
             self.logs.write_ready()
         self.lottery.release_turn(committed)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from datagen import COURSE_SIZES, DEFAULT_WINNING_NUMBER, write_dataset  # noqa: E402
 
 PORT_LINE = re.compile(r"action: accept_connections \| result: in_progress \| port: (\d+)")
+ADMIN_PORT_LINE = re.compile(r"action: accept_admin_connections \| result: in_progress \| port: (\d+)")
 WINNERS_LINE = re.compile(r"^agency (\d+): (\d+) winners: (.*)$", re.M)
 INGEST_SECONDS = re.compile(r"action: resumen \|.* segundos_envio: ([0-9.]+)")
 
@@ -41,6 +42,10 @@ durability = full
 [lottery]
 agencies = {agencies}
 winning_number = {winning_number}
+
+[admin]
+host = 127.0.0.1
+port = 0
 
 [log]
 level = INFO
@@ -157,7 +162,10 @@ def run(args: argparse.Namespace, processes: list[subprocess.Popen]) -> int:
     if port is None:
         print(f"the central did not start; see {server_log}", file=sys.stderr)
         return 1
+    admin = ADMIN_PORT_LINE.search(server_log.read_text())
     print(f"central listening on 127.0.0.1:{port} (log: {server_log})")
+    if admin:
+        print(f"status page: http://127.0.0.1:{admin.group(1)}/ (while the demo runs)")
 
     started = time.monotonic()
     clients = [

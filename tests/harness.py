@@ -19,6 +19,7 @@ from client import Agency, AgencyConfig, BetFile
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT_LINE = re.compile(r"action: accept_connections \| result: in_progress \| port: (\d+)")
+ADMIN_PORT_LINE = re.compile(r"action: accept_admin_connections \| result: in_progress \| port: (\d+)")
 
 
 class ServerProcess:
@@ -27,13 +28,16 @@ class ServerProcess:
     def __init__(self, db: Path, *args: str, module: str = "reactor", env: dict | None = None,
                  fd_limit: int | None = None) -> None:
         self.db = db
-        self.args = ["--host", "127.0.0.1", "--port", "0", "--db", str(db), *args]
+        # Any free port for the admin listener too: its default, 12346, may be taken.
+        admin = [] if "--admin-port" in args else ["--admin-port", "0"]
+        self.args = ["--host", "127.0.0.1", "--port", "0", "--db", str(db), *admin, *args]
         self.module = module
         self.env = env or {}
         self.fd_limit = fd_limit
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
         self.port = 0
+        self.admin_port = 0
 
     def start(self, timeout: float = 15.0) -> "ServerProcess":
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **self.env}
@@ -55,6 +59,9 @@ class ServerProcess:
         def pump(stream, lines):
             for line in stream:
                 lines.append(line.rstrip("\n"))
+                admin = ADMIN_PORT_LINE.search(line)
+                if admin:
+                    self.admin_port = int(admin.group(1))
                 match = PORT_LINE.search(line)
                 if match:
                     self.port = int(match.group(1))
@@ -64,7 +71,8 @@ class ServerProcess:
 
         self._pump = threading.Thread(target=pump, args=(self.proc.stdout, self.lines), daemon=True)
         self._pump.start()
-        if not port_seen.wait(timeout):
+        admin_on = self.args[self.args.index("--admin-port") + 1] != "off"
+        if not port_seen.wait(timeout) or (admin_on and not wait_until(lambda: self.admin_port, timeout)):
             self.kill()
             raise RuntimeError("server did not start:\n" + "\n".join(self.lines))
         return self

@@ -42,7 +42,8 @@ def raw_bet(first_name=b"Ana", last_name=b"G", document=b"1", birthdate=b"1990-0
 def run_server(db, *args, timeout: float = 30) -> subprocess.CompletedProcess:
     """A server that is expected to stop by itself (a refusal at start)."""
     return subprocess.run(
-        [sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", "0", "--db", str(db), *args],
+        [sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--db", str(db),
+         *args],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -218,7 +219,8 @@ def test_a_stdout_nobody_reads_never_freezes_the_loop(tmp_path):
 
 def test_a_stdout_whose_reader_went_away_is_not_an_error_storm(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", "0", "--db", str(tmp_path / "bets.db")],
+        [sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
+         "--db", str(tmp_path / "bets.db")],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )

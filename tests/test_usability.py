@@ -162,7 +162,8 @@ def test_an_unknown_config_key_or_section_stops_the_server_with_one_line(tmp_pat
 
 def test_the_servers_help_lists_its_exit_codes_and_both_say_their_version():
     help_text = reactor("--help").stdout
-    assert "Exit codes: 0 stopped by SIGTERM or SIGINT after draining; 1 could not start" in help_text
+    assert "Exit codes: 0 stopped by SIGTERM, SIGINT or SIGHUP after draining; 1 could not" in help_text
+    assert "3 stopped on purpose after a fault" in help_text
     for command in ([], ["stats"], ["export"]):
         done = reactor(*command, "--version")
         assert done.returncode == 0 and done.stdout.split()[-1] == __version__
