@@ -3,7 +3,8 @@
 Theory of operation. A `FrameDecoder` owns the receive buffer of one direction of
 one connection. `receive_data(chunk)` appends bytes (`b""` means the peer closed);
 `next_message()` hands back the next complete message, `NEED_DATA` while a frame is
-incomplete, or `PEER_CLOSED` once the peer closed on a frame boundary. The length
+incomplete, or `PEER_CLOSED` once the peer closed on a frame boundary; `messages()`
+yields every complete message until one of those two, and `peer_closed` says which. The length
 in a frame's 4-byte header is checked as soon as those 4 bytes are in, so a frame
 that could never be legal is refused before any of its body is waited for. Any
 violation raises `ProtocolError`; the decoder then stays broken and raises the same
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterator
 
+from . import wire
 from .errors import ProtocolError
 from .messages import (
     MAX_FRAME_LENGTH,
@@ -53,16 +56,6 @@ class Role(enum.Enum):
     CLIENT = "client"
 
 
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
-_HELLO_HEAD = struct.Struct(">HI")
-_BETS_HEAD = struct.Struct(">IH")
-_ACK = struct.Struct(">IH")
-_WELCOME = struct.Struct(">IB")
-_WINNERS_HEAD = struct.Struct(">BH")
-_ERROR_HEAD = struct.Struct(">HI")
-
-
 def _malformed(why: str) -> ProtocolError:
     return ProtocolError(ErrorCode.MALFORMED_FRAME, why)
 
@@ -85,7 +78,7 @@ class _Reader:
         return values
 
     def string(self) -> str:
-        (size,) = self.unpack(_U16)
+        (size,) = self.unpack(wire.U16)
         end = self.offset + size
         if end > len(self.data):
             raise _malformed("string runs past the end of the payload")
@@ -103,13 +96,14 @@ class _Reader:
 
 def _decode_hello(payload: bytes) -> Hello:
     reader = _Reader(payload)
-    (version,) = reader.unpack(_U16)  # version first: a v2 HELLO may be any shape
+    (version,) = reader.unpack(wire.HELLO_VERSION)  # version first: another version's HELLO may be any shape
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_VERSION,
             f"protocol version {version} is not supported (this server speaks {PROTOCOL_VERSION})",
         )
-    (agency,) = reader.unpack(_U32)
+    reader.offset = 0
+    version, agency = reader.unpack(wire.HELLO_HEAD)
     token = reader.string()
     reader.finish()
     return Hello(agency=agency, token=token, version=version)
@@ -125,16 +119,16 @@ def decode_bets_payload(payload: bytes) -> Bets:
     is one opcode, building a `Bet` a Python call, and these tuples go straight to
     validation and then to the store.
     """
-    if len(payload) < 6:
+    if len(payload) < wire.BETS_HEAD.size:
         raise _malformed("payload shorter than its fields")
-    first, count = _BETS_HEAD.unpack_from(payload, 0)
+    first, count = wire.BETS_HEAD.unpack_from(payload, 0)
     if first == 0:
         raise _malformed("BETS first must be at least 1")
     if count == 0:
         raise _malformed("BETS count must be at least 1")
     bets = []
     append = bets.append
-    off = 6
+    off = wire.BETS_HEAD.size
     try:
         for _ in range(count):
             end = off + 2 + ((payload[off] << 8) | payload[off + 1])
@@ -167,7 +161,7 @@ def _decode_empty(message: Message):
 
 def _decode_welcome(payload: bytes) -> Welcome:
     reader = _Reader(payload)
-    committed, flags = reader.unpack(_WELCOME)
+    committed, flags = reader.unpack(wire.WELCOME)
     reader.finish()
     if flags & ~0b11:
         raise _malformed("unused WELCOME flag bits must be 0")
@@ -176,7 +170,7 @@ def _decode_welcome(payload: bytes) -> Welcome:
 
 def _decode_ack(payload: bytes) -> Ack:
     reader = _Reader(payload)
-    first, count = reader.unpack(_ACK)
+    first, count = reader.unpack(wire.ACK)
     reader.finish()
     if first == 0 or count == 0:
         raise _malformed("ACK first and count must be at least 1")
@@ -185,7 +179,7 @@ def _decode_ack(payload: bytes) -> Ack:
 
 def _decode_winners(payload: bytes) -> Winners:
     reader = _Reader(payload)
-    final, count = reader.unpack(_WINNERS_HEAD)
+    final, count = reader.unpack(wire.WINNERS_HEAD)
     if final > 1:
         raise _malformed("WINNERS final must be 0 or 1")
     documents = tuple(reader.string() for _ in range(count))
@@ -195,7 +189,7 @@ def _decode_winners(payload: bytes) -> Winners:
 
 def _decode_error(payload: bytes) -> Error:
     reader = _Reader(payload)
-    code, first = reader.unpack(_ERROR_HEAD)
+    code, first = reader.unpack(wire.ERROR_HEAD)
     message = reader.string()
     reader.finish()
     try:
@@ -240,11 +234,6 @@ class FrameDecoder:
         self._error: ProtocolError | None = None
 
     @property
-    def buffered(self) -> int:
-        """Bytes received and not yet handed back as messages."""
-        return len(self._buffer)
-
-    @property
     def inside_frame(self) -> bool:
         """True while part of a frame has arrived and the rest has not."""
         return bool(self._buffer)
@@ -286,9 +275,29 @@ class FrameDecoder:
             return PEER_CLOSED
         return NEED_DATA
 
+    def messages(self) -> Iterator[Message]:
+        """Every complete message, in order, until the buffer holds no complete frame.
+
+        The iterator ends where `next_message()` would return NEED_DATA or
+        PEER_CLOSED; `peer_closed` then tells which. A malformed frame raises
+        ProtocolError from the iterator after the messages before it were yielded.
+        Stopping early is fine: what was not yet yielded stays buffered.
+        """
+        next_message = self.next_message
+        while (message := next_message()) is not NEED_DATA and message is not PEER_CLOSED:
+            yield message
+
+    @property
+    def peer_closed(self) -> bool:
+        """True once the peer closed on a frame boundary and every message before it was handed back.
+
+        That is when `next_message()` returns PEER_CLOSED.
+        """
+        return self._closed and not self._buffer and self._error is None
+
     def _read_header(self) -> int | None:
         if self._frame_length is None and len(self._buffer) >= 4:
-            (length,) = _U32.unpack_from(self._buffer, 0)
+            (length,) = wire.U32.unpack_from(self._buffer, 0)
             if length == 0 or length > MAX_FRAME_LENGTH:
                 self._fail(_malformed(f"frame length {length} is outside 1..{MAX_FRAME_LENGTH}"))
             self._frame_length = length

@@ -11,9 +11,11 @@ import enum
 from dataclasses import dataclass
 from typing import NamedTuple, Union
 
+from . import wire
+
 PROTOCOL_VERSION = 1
 
-HEADER_SIZE = 4
+HEADER_SIZE = wire.U32.size
 MAX_FRAME_SIZE = 8192
 MAX_FRAME_LENGTH = MAX_FRAME_SIZE - HEADER_SIZE  # `len` counts the type byte and the payload
 
@@ -49,7 +51,7 @@ class ErrorCode(enum.IntEnum):
 
     @property
     def fatal(self) -> bool:
-        """After a fatal error the server flushes the ERROR frame and closes."""
+        """After a fatal error the server flushes the ERROR frame and closes (PROTOCOL.md's table)."""
         return self not in _NON_FATAL
 
 
@@ -172,7 +174,7 @@ Message = Union[ClientMessage, ServerMessage]
 def bet_wire_size(bet: Bet) -> int:
     """Bytes the bet takes inside a BETS payload: four u16-prefixed strings and a u16."""
     return (
-        10
+        5 * wire.U16.size
         + len(bet.first_name.encode())
         + len(bet.last_name.encode())
         + len(bet.document.encode())
@@ -181,4 +183,4 @@ def bet_wire_size(bet: Bet) -> int:
 
 
 # Bytes of a BETS frame around its bets: header, type, `first` and `count`.
-BETS_FRAME_OVERHEAD = HEADER_SIZE + 1 + 4 + 2
+BETS_FRAME_OVERHEAD = wire.FRAME_HEAD.size + wire.BETS_HEAD.size

@@ -46,8 +46,7 @@ def decode_all(role: p.Role, chunks) -> list:
     out = []
     for chunk in chunks:
         decoder.receive_data(chunk)
-        while (message := decoder.next_message()) not in (p.NEED_DATA, p.PEER_CLOSED):
-            out.append(message)
+        out.extend(decoder.messages())
     return out
 
 
@@ -113,13 +112,14 @@ def test_arbitrary_bytes_give_messages_or_the_protocol_error_only(blob, chunk_si
         try:
             for start in range(0, len(blob), chunk_size):
                 decoder.receive_data(blob[start : start + chunk_size])
-                while decoder.next_message() is not p.NEED_DATA:
+                for _ in decoder.messages():
                     pass
-                # drained: what is left is one unfinished frame at most
-                assert decoder.buffered < p.MAX_FRAME_SIZE
+                assert decoder.next_message() is p.NEED_DATA
+                assert not decoder.peer_closed
             decoder.receive_data(b"")
-            while decoder.next_message() is not p.PEER_CLOSED:
+            for _ in decoder.messages():
                 pass
+            assert decoder.peer_closed
         except p.ProtocolError as error:
             assert isinstance(error.code, p.ErrorCode)
             assert error.message
@@ -132,7 +132,6 @@ def test_bytes_after_a_complete_frame_are_kept_exactly():
     decoder.receive_data(done + partial)
     assert decoder.next_message() == p.Done()
     assert decoder.next_message() is p.NEED_DATA
-    assert decoder.buffered == len(partial)
     assert decoder.inside_frame
     decoder.receive_data(p.encode(p.WinnersQuery())[3:])
     assert decoder.next_message() == p.WinnersQuery()
@@ -145,9 +144,11 @@ def test_a_bad_length_is_refused_from_the_header_alone(length):
     with pytest.raises(p.ProtocolError) as caught:
         decoder.receive_data(struct.pack(">I", length))
     assert caught.value.code is p.ErrorCode.MALFORMED_FRAME
-    assert decoder.buffered == 0
+    assert not decoder.inside_frame  # the header's bytes are dropped, not kept waiting
     with pytest.raises(p.ProtocolError):  # broken for good, like h11's ERROR state
         decoder.next_message()
+    with pytest.raises(p.ProtocolError):
+        list(decoder.messages())
 
 
 def test_the_largest_legal_frame_is_accepted_and_one_more_byte_is_not():
@@ -215,6 +216,47 @@ def test_close_on_a_frame_boundary_is_peer_closed_and_inside_a_frame_is_malforme
     assert error_of(p.Role.SERVER, p.encode(p.Done())[:-1] + b"").code is p.ErrorCode.MALFORMED_FRAME
     truncated = p.encode(p.Bets(first=1, bets=(ACCENTED,)))[:-3]
     assert error_of(p.Role.SERVER, truncated).code is p.ErrorCode.MALFORMED_FRAME
+
+
+def test_messages_iterator_drains_to_need_data_and_says_when_the_peer_closed():
+    decoder = p.FrameDecoder(p.Role.SERVER)
+    decoder.receive_data(p.encode(p.Done()) + p.encode(p.WinnersQuery()) + p.encode(p.Done())[:2])
+    assert list(decoder.messages()) == [p.Done(), p.WinnersQuery()]
+    assert not decoder.peer_closed and decoder.inside_frame
+    decoder.receive_data(p.encode(p.Done())[2:])
+    decoder.receive_data(b"")
+    assert not decoder.peer_closed  # a message before the close is still to be handed back
+    assert list(decoder.messages()) == [p.Done()]
+    assert decoder.peer_closed
+    assert decoder.next_message() is p.PEER_CLOSED
+
+
+def test_stopping_the_messages_iterator_early_keeps_the_rest():
+    decoder = p.FrameDecoder(p.Role.SERVER)
+    decoder.receive_data(p.encode(p.Done()) + p.encode(p.WinnersQuery()))
+    for message in decoder.messages():
+        assert message == p.Done()
+        break
+    assert list(decoder.messages()) == [p.WinnersQuery()]
+
+
+def test_the_messages_iterator_yields_what_precedes_a_malformed_frame_then_raises():
+    decoder = p.FrameDecoder(p.Role.SERVER)
+    decoder.receive_data(p.encode(p.Done()) + frame(0x05, b""))
+    messages = decoder.messages()
+    assert next(messages) == p.Done()
+    with pytest.raises(p.ProtocolError):
+        next(messages)
+    assert not decoder.peer_closed
+
+
+def test_close_inside_a_frame_is_not_peer_closed():
+    decoder = p.FrameDecoder(p.Role.SERVER)
+    decoder.receive_data(p.encode(p.Done())[:-1])
+    decoder.receive_data(b"")
+    with pytest.raises(p.ProtocolError):
+        list(decoder.messages())
+    assert not decoder.peer_closed
 
 
 def test_messages_before_a_malformed_frame_are_handed_back_first():

@@ -1,0 +1,25 @@
+"""Every fixed-size layout of the wire, written once: the encoder and the decoder both use these.
+
+Each name is a run of fixed-size fields as PROTOCOL.md lists them, big-endian. Strings
+(`u16 n` then n bytes) and lists are variable and are built around these.
+"""
+
+from __future__ import annotations
+
+import struct
+
+U16 = struct.Struct(">H")  # a string's length, a bet's number
+U32 = struct.Struct(">I")  # a frame's `len`
+
+FRAME_HEAD = struct.Struct(">IB")  # len, type
+HELLO_VERSION = struct.Struct(">H")  # read alone first: the rest of a HELLO depends on it
+HELLO_HEAD = struct.Struct(">HI")  # version, agency; then str token
+BETS_HEAD = struct.Struct(">IH")  # first, count; then count bets
+WELCOME = struct.Struct(">IB")  # committed, flags
+WELCOME_V2 = struct.Struct(">IB32s")  # committed, flags, digest(committed)
+ACK = struct.Struct(">IH")  # first, count
+DONE_ACK_V2 = struct.Struct(">I32s")  # committed, digest(committed); version 1 is empty
+WINNERS_HEAD = struct.Struct(">BH")  # final, count; then count x str document
+ERROR_HEAD = struct.Struct(">HI")  # code, first; then str message
+DIGEST_COUNT = struct.Struct(">I")  # u32 n inside digest(n)
+DRAW_COUNTER = struct.Struct(">I")  # u32 c of the verifiable draw
