@@ -54,6 +54,30 @@ class ErrorCode(enum.IntEnum):
         """After a fatal error the server flushes the ERROR frame and closes (PROTOCOL.md's table)."""
         return self not in _NON_FATAL
 
+    @property
+    def retry_in_new_session(self) -> bool:
+        """The client's rule: after this error a new session (HELLO, WELCOME, resume) may succeed.
+
+        - STORAGE_FAILED: nothing of the batch was stored and the server says retry
+          later; the new session's WELCOME says where to resume.
+        - SHUTTING_DOWN: the server is draining; once it (or its successor) is up again,
+          it takes the agency where it left off.
+        - SERVER_BUSY: the server was at its connection limit; a later connection
+          may find room.
+        - TIMEOUT: the connection sat idle or left a frame unfinished (a stalled
+          network); a fresh connection starts with fresh deadlines.
+        - SEQUENCE_GAP: the client sent past what the server holds (an earlier
+          pipelined batch was not stored, e.g. after STORAGE_FAILED); WELCOME of a
+          new session gives the true `committed` to resume from.
+
+        The others would fail again the same way: the client or its data must change
+        (MALFORMED_FRAME, HELLO_REQUIRED, UNAUTHORIZED, INVALID_BET, AGENCY_CLOSED,
+        NOT_DONE), another session of the agency owns it now (SESSION_REPLACED), or
+        the same HELLO gets the same answer (UNSUPPORTED_VERSION: a version-2 client
+        falls back to a version-1 HELLO, which is a rule of its own).
+        """
+        return self in _RETRY_IN_NEW_SESSION
+
 
 _NON_FATAL = frozenset(
     {
@@ -62,6 +86,15 @@ _NON_FATAL = frozenset(
         ErrorCode.AGENCY_CLOSED,
         ErrorCode.NOT_DONE,
         ErrorCode.STORAGE_FAILED,
+    }
+)
+_RETRY_IN_NEW_SESSION = frozenset(
+    {
+        ErrorCode.STORAGE_FAILED,
+        ErrorCode.SHUTTING_DOWN,
+        ErrorCode.SERVER_BUSY,
+        ErrorCode.TIMEOUT,
+        ErrorCode.SEQUENCE_GAP,
     }
 )
 
