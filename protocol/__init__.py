@@ -1,4 +1,4 @@
-"""The Lottery Bet Protocol, version 1, without I/O: bytes in, messages out.
+"""The Lottery Bet Protocol, versions 1 and 2, without I/O: bytes in, messages out.
 
 The one implementation of docs/PROTOCOL.md that the server, the client and the tests
 share. Nothing here touches a socket.
@@ -11,7 +11,7 @@ from .messages import (
     BETS_FRAME_OVERHEAD,
     MAX_FRAME_LENGTH,
     MAX_FRAME_SIZE,
-    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Ack,
     Bet,
     Bets,
@@ -36,7 +36,7 @@ __all__ = [
     "MAX_FRAME_SIZE",
     "NEED_DATA",
     "PEER_CLOSED",
-    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
     "Ack",
     "Bet",
     "BetProblem",

@@ -24,7 +24,7 @@ from . import wire
 from .errors import ProtocolError
 from .messages import (
     MAX_FRAME_LENGTH,
-    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Ack,
     Bets,
     Done,
@@ -94,13 +94,16 @@ class _Reader:
             raise _malformed("payload longer than its fields")
 
 
+_SPOKEN = " and ".join(map(str, SUPPORTED_VERSIONS))
+
+
 def _decode_hello(payload: bytes) -> Hello:
     reader = _Reader(payload)
     (version,) = reader.unpack(wire.HELLO_VERSION)  # version first: another version's HELLO may be any shape
-    if version != PROTOCOL_VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_VERSION,
-            f"protocol version {version} is not supported (this server speaks {PROTOCOL_VERSION})",
+            f"protocol version {version} is not supported (this server speaks {_SPOKEN})",
         )
     reader.offset = 0
     version, agency = reader.unpack(wire.HELLO_HEAD)
@@ -159,13 +162,31 @@ def _decode_empty(message: Message):
     return decode
 
 
+def _welcome(committed: int, flags: int, digest: bytes | None) -> Welcome:
+    if flags & ~0b11:
+        raise _malformed("unused WELCOME flag bits must be 0")
+    return Welcome(committed=committed, agency_done=bool(flags & 1), draw_done=bool(flags & 2), digest=digest)
+
+
 def _decode_welcome(payload: bytes) -> Welcome:
     reader = _Reader(payload)
     committed, flags = reader.unpack(wire.WELCOME)
     reader.finish()
-    if flags & ~0b11:
-        raise _malformed("unused WELCOME flag bits must be 0")
-    return Welcome(committed=committed, agency_done=bool(flags & 1), draw_done=bool(flags & 2))
+    return _welcome(committed, flags, None)
+
+
+def _decode_welcome_v2(payload: bytes) -> Welcome:
+    reader = _Reader(payload)
+    committed, flags, digest = reader.unpack(wire.WELCOME_V2)
+    reader.finish()
+    return _welcome(committed, flags, digest)
+
+
+def _decode_done_ack_v2(payload: bytes) -> DoneAck:
+    reader = _Reader(payload)
+    committed, digest = reader.unpack(wire.DONE_ACK_V2)
+    reader.finish()
+    return DoneAck(committed=committed, digest=digest)
 
 
 def _decode_ack(payload: bytes) -> Ack:
@@ -199,20 +220,31 @@ def _decode_error(payload: bytes) -> Error:
     return Error(code=code, message=message, first=first)
 
 
+# Client frames are the same in every version (HELLO names its own); server frames
+# are not, so the client role decodes in the version its session speaks.
+_CLIENT_FRAMES = {
+    FrameType.HELLO: _decode_hello,
+    FrameType.BETS: decode_bets_payload,
+    FrameType.DONE: _decode_empty(Done()),
+    FrameType.WINNERS_QUERY: _decode_empty(WinnersQuery()),
+}
+_SERVER_FRAMES_V1 = {
+    FrameType.WELCOME: _decode_welcome,
+    FrameType.ACK: _decode_ack,
+    FrameType.DONE_ACK: _decode_empty(DoneAck()),
+    FrameType.WINNERS: _decode_winners,
+    FrameType.ERROR: _decode_error,
+}
+_SERVER_FRAMES_V2 = {
+    **_SERVER_FRAMES_V1,
+    FrameType.WELCOME: _decode_welcome_v2,
+    FrameType.DONE_ACK: _decode_done_ack_v2,
+}
 _DECODERS = {
-    Role.SERVER: {
-        FrameType.HELLO: _decode_hello,
-        FrameType.BETS: decode_bets_payload,
-        FrameType.DONE: _decode_empty(Done()),
-        FrameType.WINNERS_QUERY: _decode_empty(WinnersQuery()),
-    },
-    Role.CLIENT: {
-        FrameType.WELCOME: _decode_welcome,
-        FrameType.ACK: _decode_ack,
-        FrameType.DONE_ACK: _decode_empty(DoneAck()),
-        FrameType.WINNERS: _decode_winners,
-        FrameType.ERROR: _decode_error,
-    },
+    (Role.SERVER, 1): _CLIENT_FRAMES,
+    (Role.SERVER, 2): _CLIENT_FRAMES,
+    (Role.CLIENT, 1): _SERVER_FRAMES_V1,
+    (Role.CLIENT, 2): _SERVER_FRAMES_V2,
 }
 
 
@@ -221,13 +253,18 @@ class FrameDecoder:
 
     `role` says which side decodes: `Role.SERVER` accepts only client frame types,
     `Role.CLIENT` only server frame types; a type of the other direction is
-    malformed.
+    malformed. `version` is the protocol version of the session: the client role
+    parses WELCOME and DONE_ACK strictly in it (a frame of the other version is
+    malformed). The server role reads every supported version's client frames
+    whatever `version` says: a HELLO names its own.
     """
 
     __slots__ = ("_decoders", "_buffer", "_frame_length", "_closed", "_error")
 
-    def __init__(self, role: Role) -> None:
-        self._decoders = _DECODERS[role]
+    def __init__(self, role: Role, version: int = 1) -> None:
+        if version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"protocol version {version} is not one of {SUPPORTED_VERSIONS}")
+        self._decoders = _DECODERS[role, version]
         self._buffer = bytearray()
         self._frame_length: int | None = None  # from the current frame's header, once read
         self._closed = False

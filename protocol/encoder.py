@@ -1,4 +1,8 @@
-"""Messages out, bytes out: one function per frame type behind `encode(message)`."""
+"""Messages out, bytes out: one function per frame type behind `encode(message)`.
+
+A server message is written in version 2 when it carries its version-2 fields (a
+digest), else exactly as version 1.
+"""
 
 from __future__ import annotations
 
@@ -50,9 +54,25 @@ def _bets(m: Bets) -> bytes:
     return _frame(FrameType.BETS, head + b"".join(map(encode_bet, m.bets)))
 
 
+def _digest(value: bytes) -> bytes:
+    if len(value) != wire.DIGEST_SIZE:
+        raise ValueError(f"a digest has {wire.DIGEST_SIZE} bytes, not {len(value)}")
+    return bytes(value)
+
+
 def _welcome(m: Welcome) -> bytes:
     flags = (1 if m.agency_done else 0) | (2 if m.draw_done else 0)
-    return _frame(FrameType.WELCOME, wire.WELCOME.pack(m.committed, flags))
+    if m.digest is None:
+        return _frame(FrameType.WELCOME, wire.WELCOME.pack(m.committed, flags))
+    return _frame(FrameType.WELCOME, wire.WELCOME_V2.pack(m.committed, flags, _digest(m.digest)))
+
+
+def _done_ack(m: DoneAck) -> bytes:
+    if m.committed is None and m.digest is None:
+        return _frame(FrameType.DONE_ACK, b"")
+    if m.committed is None or m.digest is None:
+        raise ValueError("a version-2 DONE_ACK carries both committed and digest")
+    return _frame(FrameType.DONE_ACK, wire.DONE_ACK_V2.pack(m.committed, _digest(m.digest)))
 
 
 def _winners(m: Winners) -> bytes:
@@ -88,7 +108,7 @@ _ENCODERS = {
     WinnersQuery: lambda m: _frame(FrameType.WINNERS_QUERY, b""),
     Welcome: _welcome,
     Ack: lambda m: _frame(FrameType.ACK, wire.ACK.pack(m.first, m.count)),
-    DoneAck: lambda m: _frame(FrameType.DONE_ACK, b""),
+    DoneAck: _done_ack,
     Winners: _winners,
     Error: _error,
 }

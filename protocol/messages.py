@@ -1,8 +1,9 @@
-"""The messages of the Lottery Bet Protocol, version 1, as small immutable types.
+"""The messages of the Lottery Bet Protocol, versions 1 and 2, as small immutable types.
 
 One type per frame type of docs/PROTOCOL.md. They carry values only: encoding lives
 in `protocol.encoder`, decoding in `protocol.decoder`, bet rules in
-`protocol.validation`.
+`protocol.validation`. A version-2 message is the version-1 type with its version-2
+fields set (`Welcome.digest`, `DoneAck.committed` and `DoneAck.digest`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import NamedTuple, Union
 
 from . import wire
 
-PROTOCOL_VERSION = 1
+# The HELLO versions this implementation speaks, oldest first. A server answers each
+# session in the version its HELLO named.
+SUPPORTED_VERSIONS = (1, 2)
 
 HEADER_SIZE = wire.U32.size
 MAX_FRAME_SIZE = 8192
@@ -114,11 +117,15 @@ class Bet(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Opens a session: protocol version, agency number and (maybe empty) token."""
+    """Opens a session: protocol version, agency number and (maybe empty) token.
+
+    `version` is the version the session speaks (see SUPPORTED_VERSIONS); the
+    server answers in it.
+    """
 
     agency: int
     token: str = ""
-    version: int = PROTOCOL_VERSION
+    version: int = 1  # a client asks for version 2 explicitly: it must then check the digests
 
     def __repr__(self) -> str:  # tokens never reach logs
         return f"Hello(agency={self.agency}, version={self.version}, token={'***' if self.token else ''!r})"
@@ -159,11 +166,15 @@ class WinnersQuery:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """Answers HELLO: how many of the agency's bets are stored, and the session's flags."""
+    """Answers HELLO: how many of the agency's bets are stored, and the session's flags.
+
+    `digest` is digest(committed) (32 bytes) in a version-2 session, None in version 1.
+    """
 
     committed: int
     agency_done: bool = False
     draw_done: bool = False
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +187,15 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class DoneAck:
-    """DONE is durably recorded."""
+    """DONE is durably recorded.
+
+    In a version-2 session it is also the agency's receipt: `committed` bets are
+    stored and `digest` is their digest(committed) (32 bytes). Both are None in
+    version 1.
+    """
+
+    committed: int | None = None
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import struct
 
+DIGEST_SIZE = 32  # a SHA-256 digest, as version 2 carries it
+
 U16 = struct.Struct(">H")  # a string's length, a bet's number
 U32 = struct.Struct(">I")  # a frame's `len`
 
@@ -16,9 +18,9 @@ HELLO_VERSION = struct.Struct(">H")  # read alone first: the rest of a HELLO dep
 HELLO_HEAD = struct.Struct(">HI")  # version, agency; then str token
 BETS_HEAD = struct.Struct(">IH")  # first, count; then count bets
 WELCOME = struct.Struct(">IB")  # committed, flags
-WELCOME_V2 = struct.Struct(">IB32s")  # committed, flags, digest(committed)
+WELCOME_V2 = struct.Struct(f">IB{DIGEST_SIZE}s")  # committed, flags, digest(committed)
 ACK = struct.Struct(">IH")  # first, count
-DONE_ACK_V2 = struct.Struct(">I32s")  # committed, digest(committed); version 1 is empty
+DONE_ACK_V2 = struct.Struct(f">I{DIGEST_SIZE}s")  # committed, digest(committed); version 1 is empty
 WINNERS_HEAD = struct.Struct(">BH")  # final, count; then count x str document
 ERROR_HEAD = struct.Struct(">HI")  # code, first; then str message
 DIGEST_COUNT = struct.Struct(">I")  # u32 n inside digest(n)
