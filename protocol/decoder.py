@@ -94,22 +94,26 @@ class _Reader:
             raise _malformed("payload longer than its fields")
 
 
-_SPOKEN = " and ".join(map(str, SUPPORTED_VERSIONS))
+def _hello_decoder(newest: int):
+    """The HELLO decoder of a server that speaks versions 1 to `newest` (PROTOCOL.md: it accepts those)."""
+    spoken = range(1, newest + 1)
+    names = " and ".join(map(str, spoken))
 
+    def decode(payload: bytes) -> Hello:
+        reader = _Reader(payload)
+        (version,) = reader.unpack(wire.HELLO_VERSION)  # version first: another version's HELLO may be any shape
+        if version not in spoken:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {version} is not supported (this server speaks {names})",
+            )
+        reader.offset = 0
+        version, agency = reader.unpack(wire.HELLO_HEAD)
+        token = reader.string()
+        reader.finish()
+        return Hello(agency=agency, token=token, version=version)
 
-def _decode_hello(payload: bytes) -> Hello:
-    reader = _Reader(payload)
-    (version,) = reader.unpack(wire.HELLO_VERSION)  # version first: another version's HELLO may be any shape
-    if version not in SUPPORTED_VERSIONS:
-        raise ProtocolError(
-            ErrorCode.UNSUPPORTED_VERSION,
-            f"protocol version {version} is not supported (this server speaks {_SPOKEN})",
-        )
-    reader.offset = 0
-    version, agency = reader.unpack(wire.HELLO_HEAD)
-    token = reader.string()
-    reader.finish()
-    return Hello(agency=agency, token=token, version=version)
+    return decode
 
 
 def decode_bets_payload(payload: bytes) -> Bets:
@@ -220,14 +224,16 @@ def _decode_error(payload: bytes) -> Error:
     return Error(code=code, message=message, first=first)
 
 
-# Client frames are the same in every version (HELLO names its own); server frames
-# are not, so the client role decodes in the version its session speaks.
-_CLIENT_FRAMES = {
-    FrameType.HELLO: _decode_hello,
-    FrameType.BETS: decode_bets_payload,
-    FrameType.DONE: _decode_empty(Done()),
-    FrameType.WINNERS_QUERY: _decode_empty(WinnersQuery()),
-}
+def _client_frames(newest: int) -> dict:
+    """What a server speaking versions 1 to `newest` reads: only HELLO differs (its version)."""
+    return {
+        FrameType.HELLO: _hello_decoder(newest),
+        FrameType.BETS: decode_bets_payload,
+        FrameType.DONE: _decode_empty(Done()),
+        FrameType.WINNERS_QUERY: _decode_empty(WinnersQuery()),
+    }
+
+
 _SERVER_FRAMES_V1 = {
     FrameType.WELCOME: _decode_welcome,
     FrameType.ACK: _decode_ack,
@@ -241,8 +247,8 @@ _SERVER_FRAMES_V2 = {
     FrameType.DONE_ACK: _decode_done_ack_v2,
 }
 _DECODERS = {
-    (Role.SERVER, 1): _CLIENT_FRAMES,
-    (Role.SERVER, 2): _CLIENT_FRAMES,
+    (Role.SERVER, 1): _client_frames(1),
+    (Role.SERVER, 2): _client_frames(2),
     (Role.CLIENT, 1): _SERVER_FRAMES_V1,
     (Role.CLIENT, 2): _SERVER_FRAMES_V2,
 }
@@ -253,10 +259,12 @@ class FrameDecoder:
 
     `role` says which side decodes: `Role.SERVER` accepts only client frame types,
     `Role.CLIENT` only server frame types; a type of the other direction is
-    malformed. `version` is the protocol version of the session: the client role
-    parses WELCOME and DONE_ACK strictly in it (a frame of the other version is
-    malformed). The server role reads every supported version's client frames
-    whatever `version` says: a HELLO names its own.
+    malformed. `version` means, for the client role, the version of its session:
+    it parses WELCOME and DONE_ACK strictly in it (a frame of the other version is
+    malformed). For the server role it is the newest version the server speaks: a
+    HELLO of versions 1 to `version` is accepted (it names its session's version),
+    any other is UNSUPPORTED_VERSION. Client frames other than HELLO are the same in
+    every version.
     """
 
     __slots__ = ("_decoders", "_buffer", "_frame_length", "_closed", "_error")

@@ -18,6 +18,7 @@ FOUR_BYTE = p.Bet("𝔄𝔤𝔲𝔰𝔱𝔦𝔫 😀", "Lorca 🎲", "0", "1900-
 EDGE = p.Bet("a", "b", "1234567890123456", "2024-02-29", 0xFFFF)
 
 DIGEST = bytes(range(32))
+NEWEST = p.SUPPORTED_VERSIONS[-1]
 
 CLIENT_EXAMPLES = [
     p.Hello(agency=1, token=""),
@@ -106,7 +107,7 @@ def test_frames_are_exactly_the_bytes_protocol_md_gives(message, hex_bytes):
 def test_client_examples_round_trip_in_every_chunking(message):
     data = p.encode(message)
     for chunks in splits(data):
-        assert decode_all(p.Role.SERVER, chunks) == [message]
+        assert decode_all(p.Role.SERVER, chunks, NEWEST) == [message]
 
 
 @pytest.mark.parametrize(
@@ -121,7 +122,7 @@ def test_server_examples_round_trip_in_every_chunking(version, message):
 def test_a_stream_of_examples_decodes_in_order_split_anywhere():
     data = b"".join(map(p.encode, CLIENT_EXAMPLES))
     for chunks in splits(data):
-        assert decode_all(p.Role.SERVER, chunks) == CLIENT_EXAMPLES
+        assert decode_all(p.Role.SERVER, chunks, NEWEST) == CLIENT_EXAMPLES
 
 
 @given(st.lists(client_messages, min_size=1, max_size=6), st.data())
@@ -129,8 +130,8 @@ def test_random_client_streams_split_at_random_points(messages, data):
     encoded = b"".join(map(p.encode, messages))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(encoded)), max_size=10)))
     chunks = [encoded[a:b] for a, b in zip([0, *cuts], [*cuts, len(encoded)]) if b > a]
-    assert decode_all(p.Role.SERVER, chunks) == messages
-    assert decode_all(p.Role.SERVER, [encoded[i : i + 1] for i in range(len(encoded))]) == messages
+    assert decode_all(p.Role.SERVER, chunks, NEWEST) == messages
+    assert decode_all(p.Role.SERVER, [encoded[i : i + 1] for i in range(len(encoded))], NEWEST) == messages
 
 
 @given(st.sampled_from(p.SUPPORTED_VERSIONS), st.data())
@@ -227,7 +228,7 @@ BAD_FRAMES = {
 @pytest.mark.parametrize("name", BAD_FRAMES)
 def test_malformed_client_frames(name):
     data, code = BAD_FRAMES[name]
-    assert error_of(p.Role.SERVER, data).code is code
+    assert error_of(p.Role.SERVER, data, NEWEST).code is code
 
 
 @pytest.mark.parametrize(
@@ -261,9 +262,14 @@ def test_the_client_decodes_welcome_and_done_ack_strictly_in_its_sessions_versio
     assert error_of(p.Role.CLIENT, data, version).code is p.ErrorCode.MALFORMED_FRAME
 
 
-def test_the_server_role_reads_a_hello_of_every_supported_version():
-    for version in p.SUPPORTED_VERSIONS:
-        assert decode_all(p.Role.SERVER, [p.encode(p.Hello(7, "t", version))]) == [p.Hello(7, "t", version)]
+def test_a_server_reads_a_hello_of_every_version_it_speaks_and_no_other():
+    for newest in p.SUPPORTED_VERSIONS:
+        for version in range(1, newest + 1):
+            assert decode_all(p.Role.SERVER, [p.encode(p.Hello(7, "t", version))], newest) == [p.Hello(7, "t", version)]
+    # a server that speaks only version 1 refuses even a well-formed version-2 HELLO
+    assert error_of(p.Role.SERVER, p.encode(p.Hello(7, "t", 2)), 1).code is p.ErrorCode.UNSUPPORTED_VERSION
+    assert error_of(p.Role.SERVER, frame(0x01, b"\x00\x02garbage"), 1).code is p.ErrorCode.UNSUPPORTED_VERSION
+    assert "speaks 1 and 2" in error_of(p.Role.SERVER, frame(0x01, b"\x00\x03"), 2).message
 
 
 def test_a_decoder_for_an_unknown_version_is_refused():
