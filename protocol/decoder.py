@@ -119,12 +119,14 @@ def _hello_decoder(newest: int):
 def decode_bets_payload(payload: bytes) -> Bets:
     """Decodes a BETS payload; the server's hot path, so written out by hand.
 
-    Field lengths are read by offset arithmetic with no bounds check per field: a
-    length that runs past the end makes a later index raise IndexError, or leaves
-    the offset short of or beyond the end, and each of those is MALFORMED_FRAME.
-    Each bet comes out as a plain 5-tuple, in `Bet`'s field order: building a tuple
-    is one opcode, building a `Bet` a Python call, and these tuples go straight to
-    validation and then to the store.
+    Per bet, the four string sizes are read by offset arithmetic with no bounds
+    check, and then the bet is unpacked in one go by the layout of those sizes
+    (`wire.bet_layout`, cached). A size that runs past the end makes an index raise
+    IndexError, the unpack raise struct.error, or leaves the offset short of or
+    beyond the end, and each of those is MALFORMED_FRAME. Each bet comes out as a
+    plain 5-tuple, in `Bet`'s field order: building a tuple is one opcode, building
+    a `Bet` a Python call, and these tuples go straight to validation and then to the
+    store.
     """
     if len(payload) < wire.BETS_HEAD.size:
         raise _malformed("payload shorter than its fields")
@@ -135,20 +137,24 @@ def decode_bets_payload(payload: bytes) -> Bets:
         raise _malformed("BETS count must be at least 1")
     bets = []
     append = bets.append
+    cached_layout = wire.BET_LAYOUTS.get
+    bet_layout = wire.bet_layout
     off = wire.BETS_HEAD.size
     try:
         for _ in range(count):
-            end = off + 2 + ((payload[off] << 8) | payload[off + 1])
-            first_name = payload[off + 2 : end].decode()
-            off = end + 2 + ((payload[end] << 8) | payload[end + 1])
-            last_name = payload[end + 2 : off].decode()
-            end = off + 2 + ((payload[off] << 8) | payload[off + 1])
-            document = payload[off + 2 : end].decode()
-            off = end + 2 + ((payload[end] << 8) | payload[end + 1])
-            birthdate = payload[end + 2 : off].decode()
-            append((first_name, last_name, document, birthdate, (payload[off] << 8) | payload[off + 1]))
-            off += 2
-    except IndexError:
+            first_size = (payload[off] << 8) | payload[off + 1]
+            end = off + 2 + first_size
+            last_size = (payload[end] << 8) | payload[end + 1]
+            end += 2 + last_size
+            document_size = (payload[end] << 8) | payload[end + 1]
+            end += 2 + document_size
+            birthdate_size = (payload[end] << 8) | payload[end + 1]
+            sizes = (first_size, last_size, document_size, birthdate_size)
+            layout = cached_layout(sizes) or bet_layout(sizes)
+            first_name, last_name, document, birthdate, number = layout.unpack_from(payload, off)
+            append((first_name.decode(), last_name.decode(), document.decode(), birthdate.decode(), number))
+            off = end + 4 + birthdate_size
+    except (IndexError, struct.error):
         raise _malformed("payload shorter than its fields") from None
     except UnicodeDecodeError:
         raise _malformed("invalid UTF-8 in a string") from None

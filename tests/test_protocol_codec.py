@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import protocol as p
-from tests.strategies import SERVER_MESSAGES, client_messages
+from protocol import wire
+from tests.strategies import SERVER_MESSAGES, client_messages, wire_bets
 
 U32_MAX = 0xFFFF_FFFF
 
@@ -382,3 +383,69 @@ def test_an_error_message_of_any_length_is_cut_to_fit_one_frame(piece, repeat):
         assert decoded.message == message
     else:
         assert decoded.message.endswith("...") and message.startswith(decoded.message[:-3])
+
+
+# --- the BETS hot path against a plain reference -------------------------------------
+
+
+def reference_bets(payload: bytes):
+    """The BETS payload read field by field as PROTOCOL.md lists them: bets, or None when malformed."""
+    if len(payload) < 6:
+        return None
+    first, count = struct.unpack_from(">IH", payload)
+    if first == 0 or count == 0:
+        return None
+    bets, offset = [], 6
+    try:
+        for _ in range(count):
+            fields = []
+            for _ in range(4):
+                if offset + 2 > len(payload):
+                    return None
+                (size,) = struct.unpack_from(">H", payload, offset)
+                if offset + 2 + size > len(payload):
+                    return None
+                fields.append(payload[offset + 2 : offset + 2 + size].decode("utf-8"))
+                offset += 2 + size
+            if offset + 2 > len(payload):
+                return None
+            fields.append(struct.unpack_from(">H", payload, offset)[0])
+            offset += 2
+            bets.append(tuple(fields))
+    except UnicodeDecodeError:
+        return None
+    return (first, tuple(bets)) if offset == len(payload) else None
+
+
+@given(st.lists(wire_bets, min_size=1, max_size=6), st.data())
+def test_decoding_bets_agrees_with_the_reference_on_damaged_payloads(bets, data):
+    payload = bytearray(p.encode(p.Bets(first=1, bets=tuple(bets)))[5:])
+    for _ in range(data.draw(st.integers(0, 3))):
+        action = data.draw(st.sampled_from(["flip", "cut", "grow", "count"]))
+        if action == "flip" and payload:
+            payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
+        elif action == "cut":
+            del payload[data.draw(st.integers(0, len(payload))) :]
+        elif action == "grow":
+            payload += data.draw(st.binary(min_size=1, max_size=4))
+        elif action == "count" and len(payload) >= 6:
+            payload[4:6] = struct.pack(">H", data.draw(st.integers(0, 8)))
+    expected = reference_bets(bytes(payload))
+    try:
+        decoded = p.decode_bets_payload(bytes(payload))
+    except p.ProtocolError as error:
+        assert error.code is p.ErrorCode.MALFORMED_FRAME
+        assert expected is None
+    else:
+        assert (decoded.first, decoded.bets) == expected
+
+
+def test_many_bet_shapes_decode_alike():
+    # more distinct string sizes than the decoder keeps layouts for
+    bets = tuple(p.Bet("a" * (1 + i % 80), "ñ" * (1 + i // 80), "1", "2000-01-01", i) for i in range(80 * 70))
+    first = 1
+    for chunk in p.pack_batches(bets, 100):
+        batch = p.Bets(first=first, bets=tuple(chunk))
+        assert decode_all(p.Role.SERVER, [p.encode(batch)]) == [batch]
+        first += len(chunk)
+    assert len(wire.BET_LAYOUTS) <= wire.MAX_BET_LAYOUTS
