@@ -128,6 +128,8 @@ def decode_bets_payload(payload: bytes) -> Bets:
     a `Bet` a Python call, and these tuples go straight to validation and then to the
     store.
     """
+    if type(payload) is not bytes:
+        payload = bytes(payload)  # Bets.encoded views it: it must not change under the view
     if len(payload) < wire.BETS_HEAD.size:
         raise _malformed("payload shorter than its fields")
     first, count = wire.BETS_HEAD.unpack_from(payload, 0)
@@ -160,7 +162,7 @@ def decode_bets_payload(payload: bytes) -> Bets:
         raise _malformed("invalid UTF-8 in a string") from None
     if off != len(payload):
         raise _malformed("payload shorter than its fields" if off > len(payload) else "payload longer than its fields")
-    return Bets(first=first, bets=tuple(bets))
+    return Bets(first=first, bets=tuple(bets), encoded=memoryview(payload)[wire.BETS_HEAD.size :])
 
 
 def _decode_empty(message: Message):

@@ -9,7 +9,7 @@ fields set (`Welcome.digest`, `DoneAck.committed` and `DoneAck.digest`).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
 from . import wire
@@ -137,10 +137,15 @@ class Bets:
 
     Each bet is a `Bet` or a plain tuple in its field order (the decoder makes
     plain tuples; they compare equal to the `Bet` with the same fields).
+    `encoded`, set by the decoder, is the bets exactly as they were on the wire (the
+    payload after `first` and `count`), so the agency digest can hash them without
+    encoding them again; None for a batch built in memory. It takes no part in
+    equality: the bets are the batch.
     """
 
     first: int
     bets: tuple[tuple, ...]
+    encoded: bytes | memoryview | None = field(default=None, compare=False, repr=False)
 
     @property
     def count(self) -> int:

@@ -219,6 +219,19 @@ def test_extend_takes_the_bets_region_of_a_payload_as_a_memoryview():
     assert state.digest() == reference_digest(bets)
 
 
+def test_a_server_digests_decoded_batches_from_what_they_carry():
+    bets = [p.Bet("Zoë", "Núñez", str(i), "1990-01-01", i % 10000) for i in range(2100)]
+    decoder = p.FrameDecoder(p.Role.SERVER)
+    first = 1
+    for chunk in p.pack_batches(bets, 150):
+        decoder.receive_data(p.encode(p.Bets(first=first, bets=tuple(chunk))))
+        first += len(chunk)
+    state = p.AgencyDigest()
+    for batch in decoder.messages():
+        state.extend(batch.encoded, batch.count)
+    assert state.digest() == reference_digest(bets)
+
+
 @pytest.mark.parametrize("count, skip", [(3, 4), (3, -1)])
 def test_extend_refuses_a_skip_outside_the_run(count, skip):
     with pytest.raises(ValueError):

@@ -438,6 +438,7 @@ def test_decoding_bets_agrees_with_the_reference_on_damaged_payloads(bets, data)
         assert expected is None
     else:
         assert (decoded.first, decoded.bets) == expected
+        assert bytes(decoded.encoded) == bytes(payload[6:])
 
 
 def test_many_bet_shapes_decode_alike():
@@ -449,3 +450,14 @@ def test_many_bet_shapes_decode_alike():
         assert decode_all(p.Role.SERVER, [p.encode(batch)]) == [batch]
         first += len(chunk)
     assert len(wire.BET_LAYOUTS) <= wire.MAX_BET_LAYOUTS
+
+
+def test_a_decoded_batch_carries_its_bets_as_they_were_on_the_wire():
+    batch = p.Bets(first=9, bets=(ACCENTED, FOUR_BYTE, EDGE))
+    data = p.encode(batch)
+    (decoded,) = decode_all(p.Role.SERVER, [data])
+    assert bytes(decoded.encoded) == data[5 + 6 :]
+    assert bytes(decoded.encoded) == b"".join(map(p.encode_bet, batch.bets))
+    assert decoded == batch and batch.encoded is None  # encoded takes no part in equality
+    assert "encoded" not in repr(decoded)
+    assert p.decode_bets_payload(bytearray(data[5:])).encoded == decoded.encoded  # any bytes-like payload
