@@ -4,9 +4,9 @@ Theory of operation. A `FrameDecoder` owns the receive buffer of one direction o
 one connection. `receive_data(chunk)` appends bytes (`b""` means the peer closed);
 `next_message()` hands back the next complete message, `NEED_DATA` while a frame is
 incomplete, or `PEER_CLOSED` once the peer closed on a frame boundary; `messages()`
-yields every complete message until one of those two, and `peer_closed` says which. The length
-in a frame's 4-byte header is checked as soon as those 4 bytes are in, so a frame
-that could never be legal is refused before any of its body is waited for. Any
+yields every complete message until one of those two, and `peer_closed` says which.
+The length in a frame's 4-byte header is checked as soon as those 4 bytes are in, so
+a frame that could never be legal is refused before any of its body is waited for. Any
 violation raises `ProtocolError`; the decoder then stays broken and raises the same
 error on every later call, like h11's ERROR state.
 

@@ -1,4 +1,4 @@
-"""Every fixed-size layout of the wire, written once: the encoder and the decoder both use these.
+"""Every fixed-size layout of PROTOCOL.md, written once: the encoder and the decoder both use these.
 
 Each name is a run of fixed-size fields as PROTOCOL.md lists them, big-endian. Strings
 (`u16 n` then n bytes) and lists are variable and are built around these, except a
@@ -24,6 +24,7 @@ ACK = struct.Struct(">IH")  # first, count
 DONE_ACK_V2 = struct.Struct(f">I{DIGEST_SIZE}s")  # committed, digest(committed); version 1 is empty
 WINNERS_HEAD = struct.Struct(">BH")  # final, count; then count x str document
 ERROR_HEAD = struct.Struct(">HI")  # code, first; then str message
+# Not in frames, but PROTOCOL.md's hash inputs (version 2):
 DIGEST_COUNT = struct.Struct(">I")  # u32 n inside digest(n)
 DRAW_COUNTER = struct.Struct(">I")  # u32 c of the verifiable draw
 
