@@ -1,17 +1,27 @@
-"""The Lottery Bet Protocol, version 1, without I/O: bytes in, messages out.
+"""The Lottery Bet Protocol, versions 1 and 2, without I/O: bytes in, messages out.
 
 The one implementation of docs/PROTOCOL.md that the server, the client and the tests
-share. Nothing here touches a socket.
+share: messages, codec, bet rules, batch packer, and version 2's agency digest and
+verifiable draw. Nothing here touches a socket.
 """
 
 from .decoder import NEED_DATA, PEER_CLOSED, FrameDecoder, Role, decode_bets_payload
+from .digest import (
+    BLOCK_BETS,
+    DIGEST_SIZE,
+    SEED_SIZE,
+    AgencyDigest,
+    agency_digest,
+    commitment,
+    derive_winning_number,
+)
 from .encoder import encode, encode_bet
 from .errors import ProtocolError
 from .messages import (
     BETS_FRAME_OVERHEAD,
     MAX_FRAME_LENGTH,
     MAX_FRAME_SIZE,
-    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Ack,
     Bet,
     Bets,
@@ -32,12 +42,16 @@ from .validation import BetProblem, bet_problem, first_invalid_bet, utc_today
 
 __all__ = [
     "BETS_FRAME_OVERHEAD",
+    "BLOCK_BETS",
+    "DIGEST_SIZE",
     "MAX_FRAME_LENGTH",
     "MAX_FRAME_SIZE",
     "NEED_DATA",
     "PEER_CLOSED",
-    "PROTOCOL_VERSION",
+    "SEED_SIZE",
+    "SUPPORTED_VERSIONS",
     "Ack",
+    "AgencyDigest",
     "Bet",
     "BetProblem",
     "Bets",
@@ -54,9 +68,12 @@ __all__ = [
     "Welcome",
     "Winners",
     "WinnersQuery",
+    "agency_digest",
     "bet_problem",
     "bet_wire_size",
+    "commitment",
     "decode_bets_payload",
+    "derive_winning_number",
     "encode",
     "encode_bet",
     "first_invalid_bet",

@@ -3,9 +3,10 @@
 Theory of operation. A `FrameDecoder` owns the receive buffer of one direction of
 one connection. `receive_data(chunk)` appends bytes (`b""` means the peer closed);
 `next_message()` hands back the next complete message, `NEED_DATA` while a frame is
-incomplete, or `PEER_CLOSED` once the peer closed on a frame boundary. The length
-in a frame's 4-byte header is checked as soon as those 4 bytes are in, so a frame
-that could never be legal is refused before any of its body is waited for. Any
+incomplete, or `PEER_CLOSED` once the peer closed on a frame boundary; `messages()`
+yields every complete message until one of those two, and `peer_closed` says which.
+The length in a frame's 4-byte header is checked as soon as those 4 bytes are in, so
+a frame that could never be legal is refused before any of its body is waited for. Any
 violation raises `ProtocolError`; the decoder then stays broken and raises the same
 error on every later call, like h11's ERROR state.
 
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterator
 
+from . import wire
 from .errors import ProtocolError
 from .messages import (
     MAX_FRAME_LENGTH,
-    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Ack,
     Bets,
     Done,
@@ -53,16 +56,6 @@ class Role(enum.Enum):
     CLIENT = "client"
 
 
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
-_HELLO_HEAD = struct.Struct(">HI")
-_BETS_HEAD = struct.Struct(">IH")
-_ACK = struct.Struct(">IH")
-_WELCOME = struct.Struct(">IB")
-_WINNERS_HEAD = struct.Struct(">BH")
-_ERROR_HEAD = struct.Struct(">HI")
-
-
 def _malformed(why: str) -> ProtocolError:
     return ProtocolError(ErrorCode.MALFORMED_FRAME, why)
 
@@ -85,7 +78,7 @@ class _Reader:
         return values
 
     def string(self) -> str:
-        (size,) = self.unpack(_U16)
+        (size,) = self.unpack(wire.U16)
         end = self.offset + size
         if end > len(self.data):
             raise _malformed("string runs past the end of the payload")
@@ -101,59 +94,75 @@ class _Reader:
             raise _malformed("payload longer than its fields")
 
 
-def _decode_hello(payload: bytes) -> Hello:
-    reader = _Reader(payload)
-    (version,) = reader.unpack(_U16)  # version first: a v2 HELLO may be any shape
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            ErrorCode.UNSUPPORTED_VERSION,
-            f"protocol version {version} is not supported (this server speaks {PROTOCOL_VERSION})",
-        )
-    (agency,) = reader.unpack(_U32)
-    token = reader.string()
-    reader.finish()
-    return Hello(agency=agency, token=token, version=version)
+def _hello_decoder(newest: int):
+    """The HELLO decoder of a server that speaks versions 1 to `newest` (PROTOCOL.md: it accepts those)."""
+    spoken = range(1, newest + 1)
+    names = " and ".join(map(str, spoken))
+
+    def decode(payload: bytes) -> Hello:
+        reader = _Reader(payload)
+        (version,) = reader.unpack(wire.HELLO_VERSION)  # version first: another version's HELLO may be any shape
+        if version not in spoken:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {version} is not supported (this server speaks {names})",
+            )
+        reader.offset = 0
+        version, agency = reader.unpack(wire.HELLO_HEAD)
+        token = reader.string()
+        reader.finish()
+        return Hello(agency=agency, token=token, version=version)
+
+    return decode
 
 
 def decode_bets_payload(payload: bytes) -> Bets:
     """Decodes a BETS payload; the server's hot path, so written out by hand.
 
-    Field lengths are read by offset arithmetic with no bounds check per field: a
-    length that runs past the end makes a later index raise IndexError, or leaves
-    the offset short of or beyond the end, and each of those is MALFORMED_FRAME.
-    Each bet comes out as a plain 5-tuple, in `Bet`'s field order: building a tuple
-    is one opcode, building a `Bet` a Python call, and these tuples go straight to
-    validation and then to the store.
+    Per bet, the four string sizes are read by offset arithmetic with no bounds
+    check, and then the bet is unpacked in one go by the layout of those sizes
+    (`wire.bet_layout`, cached). A size that runs past the end makes an index raise
+    IndexError, the unpack raise struct.error, or leaves the offset short of or
+    beyond the end, and each of those is MALFORMED_FRAME. Each bet comes out as a
+    plain 5-tuple, in `Bet`'s field order: building a tuple is one opcode, building
+    a `Bet` a Python call, and these tuples go straight to validation and then to the
+    store.
     """
-    if len(payload) < 6:
+    if type(payload) is not bytes:
+        payload = bytes(payload)  # Bets.encoded views it: it must not change under the view
+    if len(payload) < wire.BETS_HEAD.size:
         raise _malformed("payload shorter than its fields")
-    first, count = _BETS_HEAD.unpack_from(payload, 0)
+    first, count = wire.BETS_HEAD.unpack_from(payload, 0)
     if first == 0:
         raise _malformed("BETS first must be at least 1")
     if count == 0:
         raise _malformed("BETS count must be at least 1")
     bets = []
     append = bets.append
-    off = 6
+    cached_layout = wire.BET_LAYOUTS.get
+    bet_layout = wire.bet_layout
+    off = wire.BETS_HEAD.size
     try:
         for _ in range(count):
-            end = off + 2 + ((payload[off] << 8) | payload[off + 1])
-            first_name = payload[off + 2 : end].decode()
-            off = end + 2 + ((payload[end] << 8) | payload[end + 1])
-            last_name = payload[end + 2 : off].decode()
-            end = off + 2 + ((payload[off] << 8) | payload[off + 1])
-            document = payload[off + 2 : end].decode()
-            off = end + 2 + ((payload[end] << 8) | payload[end + 1])
-            birthdate = payload[end + 2 : off].decode()
-            append((first_name, last_name, document, birthdate, (payload[off] << 8) | payload[off + 1]))
-            off += 2
-    except IndexError:
+            first_size = (payload[off] << 8) | payload[off + 1]
+            end = off + 2 + first_size
+            last_size = (payload[end] << 8) | payload[end + 1]
+            end += 2 + last_size
+            document_size = (payload[end] << 8) | payload[end + 1]
+            end += 2 + document_size
+            birthdate_size = (payload[end] << 8) | payload[end + 1]
+            sizes = (first_size, last_size, document_size, birthdate_size)
+            layout = cached_layout(sizes) or bet_layout(sizes)
+            first_name, last_name, document, birthdate, number = layout.unpack_from(payload, off)
+            append((first_name.decode(), last_name.decode(), document.decode(), birthdate.decode(), number))
+            off = end + 4 + birthdate_size
+    except (IndexError, struct.error):
         raise _malformed("payload shorter than its fields") from None
     except UnicodeDecodeError:
         raise _malformed("invalid UTF-8 in a string") from None
     if off != len(payload):
         raise _malformed("payload shorter than its fields" if off > len(payload) else "payload longer than its fields")
-    return Bets(first=first, bets=tuple(bets))
+    return Bets(first=first, bets=tuple(bets), encoded=memoryview(payload)[wire.BETS_HEAD.size :])
 
 
 def _decode_empty(message: Message):
@@ -165,18 +174,36 @@ def _decode_empty(message: Message):
     return decode
 
 
-def _decode_welcome(payload: bytes) -> Welcome:
-    reader = _Reader(payload)
-    committed, flags = reader.unpack(_WELCOME)
-    reader.finish()
+def _welcome(committed: int, flags: int, digest: bytes | None) -> Welcome:
     if flags & ~0b11:
         raise _malformed("unused WELCOME flag bits must be 0")
-    return Welcome(committed=committed, agency_done=bool(flags & 1), draw_done=bool(flags & 2))
+    return Welcome(committed=committed, agency_done=bool(flags & 1), draw_done=bool(flags & 2), digest=digest)
+
+
+def _decode_welcome(payload: bytes) -> Welcome:
+    reader = _Reader(payload)
+    committed, flags = reader.unpack(wire.WELCOME)
+    reader.finish()
+    return _welcome(committed, flags, None)
+
+
+def _decode_welcome_v2(payload: bytes) -> Welcome:
+    reader = _Reader(payload)
+    committed, flags, digest = reader.unpack(wire.WELCOME_V2)
+    reader.finish()
+    return _welcome(committed, flags, digest)
+
+
+def _decode_done_ack_v2(payload: bytes) -> DoneAck:
+    reader = _Reader(payload)
+    committed, digest = reader.unpack(wire.DONE_ACK_V2)
+    reader.finish()
+    return DoneAck(committed=committed, digest=digest)
 
 
 def _decode_ack(payload: bytes) -> Ack:
     reader = _Reader(payload)
-    first, count = reader.unpack(_ACK)
+    first, count = reader.unpack(wire.ACK)
     reader.finish()
     if first == 0 or count == 0:
         raise _malformed("ACK first and count must be at least 1")
@@ -185,7 +212,7 @@ def _decode_ack(payload: bytes) -> Ack:
 
 def _decode_winners(payload: bytes) -> Winners:
     reader = _Reader(payload)
-    final, count = reader.unpack(_WINNERS_HEAD)
+    final, count = reader.unpack(wire.WINNERS_HEAD)
     if final > 1:
         raise _malformed("WINNERS final must be 0 or 1")
     documents = tuple(reader.string() for _ in range(count))
@@ -195,7 +222,7 @@ def _decode_winners(payload: bytes) -> Winners:
 
 def _decode_error(payload: bytes) -> Error:
     reader = _Reader(payload)
-    code, first = reader.unpack(_ERROR_HEAD)
+    code, first = reader.unpack(wire.ERROR_HEAD)
     message = reader.string()
     reader.finish()
     try:
@@ -205,20 +232,33 @@ def _decode_error(payload: bytes) -> Error:
     return Error(code=code, message=message, first=first)
 
 
-_DECODERS = {
-    Role.SERVER: {
-        FrameType.HELLO: _decode_hello,
+def _client_frames(newest: int) -> dict:
+    """What a server speaking versions 1 to `newest` reads: only HELLO differs (its version)."""
+    return {
+        FrameType.HELLO: _hello_decoder(newest),
         FrameType.BETS: decode_bets_payload,
         FrameType.DONE: _decode_empty(Done()),
         FrameType.WINNERS_QUERY: _decode_empty(WinnersQuery()),
-    },
-    Role.CLIENT: {
-        FrameType.WELCOME: _decode_welcome,
-        FrameType.ACK: _decode_ack,
-        FrameType.DONE_ACK: _decode_empty(DoneAck()),
-        FrameType.WINNERS: _decode_winners,
-        FrameType.ERROR: _decode_error,
-    },
+    }
+
+
+_SERVER_FRAMES_V1 = {
+    FrameType.WELCOME: _decode_welcome,
+    FrameType.ACK: _decode_ack,
+    FrameType.DONE_ACK: _decode_empty(DoneAck()),
+    FrameType.WINNERS: _decode_winners,
+    FrameType.ERROR: _decode_error,
+}
+_SERVER_FRAMES_V2 = {
+    **_SERVER_FRAMES_V1,
+    FrameType.WELCOME: _decode_welcome_v2,
+    FrameType.DONE_ACK: _decode_done_ack_v2,
+}
+_DECODERS = {
+    (Role.SERVER, 1): _client_frames(1),
+    (Role.SERVER, 2): _client_frames(2),
+    (Role.CLIENT, 1): _SERVER_FRAMES_V1,
+    (Role.CLIENT, 2): _SERVER_FRAMES_V2,
 }
 
 
@@ -227,22 +267,24 @@ class FrameDecoder:
 
     `role` says which side decodes: `Role.SERVER` accepts only client frame types,
     `Role.CLIENT` only server frame types; a type of the other direction is
-    malformed.
+    malformed. `version` means, for the client role, the version of its session:
+    it parses WELCOME and DONE_ACK strictly in it (a frame of the other version is
+    malformed). For the server role it is the newest version the server speaks: a
+    HELLO of versions 1 to `version` is accepted (it names its session's version),
+    any other is UNSUPPORTED_VERSION. Client frames other than HELLO are the same in
+    every version.
     """
 
     __slots__ = ("_decoders", "_buffer", "_frame_length", "_closed", "_error")
 
-    def __init__(self, role: Role) -> None:
-        self._decoders = _DECODERS[role]
+    def __init__(self, role: Role, version: int = 1) -> None:
+        if version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"protocol version {version} is not one of {SUPPORTED_VERSIONS}")
+        self._decoders = _DECODERS[role, version]
         self._buffer = bytearray()
         self._frame_length: int | None = None  # from the current frame's header, once read
         self._closed = False
         self._error: ProtocolError | None = None
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet handed back as messages."""
-        return len(self._buffer)
 
     @property
     def inside_frame(self) -> bool:
@@ -286,9 +328,29 @@ class FrameDecoder:
             return PEER_CLOSED
         return NEED_DATA
 
+    def messages(self) -> Iterator[Message]:
+        """Every complete message, in order, until the buffer holds no complete frame.
+
+        The iterator ends where `next_message()` would return NEED_DATA or
+        PEER_CLOSED; `peer_closed` then tells which. A malformed frame raises
+        ProtocolError from the iterator after the messages before it were yielded.
+        Stopping early is fine: what was not yet yielded stays buffered.
+        """
+        next_message = self.next_message
+        while (message := next_message()) is not NEED_DATA and message is not PEER_CLOSED:
+            yield message
+
+    @property
+    def peer_closed(self) -> bool:
+        """True once the peer closed on a frame boundary and every message before it was handed back.
+
+        That is when `next_message()` returns PEER_CLOSED.
+        """
+        return self._closed and not self._buffer and self._error is None
+
     def _read_header(self) -> int | None:
         if self._frame_length is None and len(self._buffer) >= 4:
-            (length,) = _U32.unpack_from(self._buffer, 0)
+            (length,) = wire.U32.unpack_from(self._buffer, 0)
             if length == 0 or length > MAX_FRAME_LENGTH:
                 self._fail(_malformed(f"frame length {length} is outside 1..{MAX_FRAME_LENGTH}"))
             self._frame_length = length

@@ -1,9 +1,14 @@
-"""Messages out, bytes out: one function per frame type behind `encode(message)`."""
+"""Messages out, bytes out: one function per frame type behind `encode(message)`.
+
+A server message is written in version 2 when it carries its version-2 fields (a
+digest), else exactly as version 1.
+"""
 
 from __future__ import annotations
 
 import struct
 
+from . import wire
 from .messages import (
     MAX_FRAME_LENGTH,
     U16_MAX,
@@ -20,50 +25,63 @@ from .messages import (
     WinnersQuery,
 )
 
-_HEADER = struct.Struct(">IB")
-_U16 = struct.Struct(">H")
-
 
 def _string(value: str) -> bytes:
     raw = value.encode()
     if len(raw) > U16_MAX:
         raise ValueError(f"string of {len(raw)} bytes does not fit a u16 length")
-    return _U16.pack(len(raw)) + raw
+    return wire.U16.pack(len(raw)) + raw
 
 
 def _frame(frame_type: FrameType, payload: bytes) -> bytes:
     if len(payload) + 1 > MAX_FRAME_LENGTH:
         raise ValueError(f"{frame_type.name} frame of {len(payload) + 5} bytes exceeds 8192")
-    return _HEADER.pack(len(payload) + 1, frame_type) + payload
+    return wire.FRAME_HEAD.pack(len(payload) + 1, frame_type) + payload
 
 
 def encode_bet(bet) -> bytes:
     """One bet (a `Bet` or a tuple in its field order) as it stands inside a BETS payload."""
     first_name, last_name, document, birthdate, number = bet
-    return b"".join((_string(first_name), _string(last_name), _string(document), _string(birthdate), _U16.pack(number)))
+    return b"".join((_string(first_name), _string(last_name), _string(document), _string(birthdate), wire.U16.pack(number)))
 
 
 def _hello(m: Hello) -> bytes:
-    return _frame(FrameType.HELLO, struct.pack(">HI", m.version, m.agency) + _string(m.token))
+    return _frame(FrameType.HELLO, wire.HELLO_HEAD.pack(m.version, m.agency) + _string(m.token))
 
 
 def _bets(m: Bets) -> bytes:
-    head = struct.pack(">IH", m.first, len(m.bets))
+    head = wire.BETS_HEAD.pack(m.first, len(m.bets))
     return _frame(FrameType.BETS, head + b"".join(map(encode_bet, m.bets)))
+
+
+def _digest(value: bytes) -> bytes:
+    if len(value) != wire.DIGEST_SIZE:
+        raise ValueError(f"a digest has {wire.DIGEST_SIZE} bytes, not {len(value)}")
+    return bytes(value)
 
 
 def _welcome(m: Welcome) -> bytes:
     flags = (1 if m.agency_done else 0) | (2 if m.draw_done else 0)
-    return _frame(FrameType.WELCOME, struct.pack(">IB", m.committed, flags))
+    if m.digest is None:
+        return _frame(FrameType.WELCOME, wire.WELCOME.pack(m.committed, flags))
+    return _frame(FrameType.WELCOME, wire.WELCOME_V2.pack(m.committed, flags, _digest(m.digest)))
+
+
+def _done_ack(m: DoneAck) -> bytes:
+    if m.committed is None and m.digest is None:
+        return _frame(FrameType.DONE_ACK, b"")
+    if m.committed is None or m.digest is None:
+        raise ValueError("a version-2 DONE_ACK carries both committed and digest")
+    return _frame(FrameType.DONE_ACK, wire.DONE_ACK_V2.pack(m.committed, _digest(m.digest)))
 
 
 def _winners(m: Winners) -> bytes:
-    head = struct.pack(">BH", 1 if m.final else 0, len(m.documents))
+    head = wire.WINNERS_HEAD.pack(1 if m.final else 0, len(m.documents))
     return _frame(FrameType.WINNERS, head + b"".join(map(_string, m.documents)))
 
 
-# The longest message an ERROR frame carries: the frame less its code, first and u16 length.
-_MAX_ERROR_MESSAGE = MAX_FRAME_LENGTH - 1 - 6 - 2
+# The longest message an ERROR frame carries: the frame less its type, code, first and u16 length.
+_MAX_ERROR_MESSAGE = MAX_FRAME_LENGTH - 1 - wire.ERROR_HEAD.size - wire.U16.size
 _CUT_MARK = "..."
 
 
@@ -80,7 +98,7 @@ def fit_error_message(message: str) -> str:
 
 
 def _error(m: Error) -> bytes:
-    return _frame(FrameType.ERROR, struct.pack(">HI", m.code, m.first) + _string(fit_error_message(m.message)))
+    return _frame(FrameType.ERROR, wire.ERROR_HEAD.pack(m.code, m.first) + _string(fit_error_message(m.message)))
 
 
 _ENCODERS = {
@@ -89,8 +107,8 @@ _ENCODERS = {
     Done: lambda m: _frame(FrameType.DONE, b""),
     WinnersQuery: lambda m: _frame(FrameType.WINNERS_QUERY, b""),
     Welcome: _welcome,
-    Ack: lambda m: _frame(FrameType.ACK, struct.pack(">IH", m.first, m.count)),
-    DoneAck: lambda m: _frame(FrameType.DONE_ACK, b""),
+    Ack: lambda m: _frame(FrameType.ACK, wire.ACK.pack(m.first, m.count)),
+    DoneAck: _done_ack,
     Winners: _winners,
     Error: _error,
 }

@@ -1,19 +1,24 @@
-"""The messages of the Lottery Bet Protocol, version 1, as small immutable types.
+"""The messages of the Lottery Bet Protocol, versions 1 and 2, as small immutable types.
 
 One type per frame type of docs/PROTOCOL.md. They carry values only: encoding lives
 in `protocol.encoder`, decoding in `protocol.decoder`, bet rules in
-`protocol.validation`.
+`protocol.validation`. A version-2 message is the version-1 type with its version-2
+fields set (`Welcome.digest`, `DoneAck.committed` and `DoneAck.digest`).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Union
 
-PROTOCOL_VERSION = 1
+from . import wire
 
-HEADER_SIZE = 4
+# The HELLO versions this implementation speaks, oldest first. A server answers each
+# session in the version its HELLO named.
+SUPPORTED_VERSIONS = (1, 2)
+
+HEADER_SIZE = wire.U32.size
 MAX_FRAME_SIZE = 8192
 MAX_FRAME_LENGTH = MAX_FRAME_SIZE - HEADER_SIZE  # `len` counts the type byte and the payload
 
@@ -49,8 +54,32 @@ class ErrorCode(enum.IntEnum):
 
     @property
     def fatal(self) -> bool:
-        """After a fatal error the server flushes the ERROR frame and closes."""
+        """After a fatal error the server flushes the ERROR frame and closes (PROTOCOL.md's table)."""
         return self not in _NON_FATAL
+
+    @property
+    def retry_in_new_session(self) -> bool:
+        """The client's rule: after this error a new session (HELLO, WELCOME, resume) may succeed.
+
+        - STORAGE_FAILED: nothing of the batch was stored and the server says retry
+          later; the new session's WELCOME says where to resume.
+        - SHUTTING_DOWN: the server is draining; once it (or its successor) is up again,
+          it takes the agency where it left off.
+        - SERVER_BUSY: the server was at its connection limit; a later connection
+          may find room.
+        - TIMEOUT: the connection sat idle or left a frame unfinished (a stalled
+          network); a fresh connection starts with fresh deadlines.
+        - SEQUENCE_GAP: the client sent past what the server holds (an earlier
+          pipelined batch was not stored, e.g. after STORAGE_FAILED); WELCOME of a
+          new session gives the true `committed` to resume from.
+
+        The others would fail again the same way: the client or its data must change
+        (MALFORMED_FRAME, HELLO_REQUIRED, UNAUTHORIZED, INVALID_BET, AGENCY_CLOSED,
+        NOT_DONE), another session of the agency owns it now (SESSION_REPLACED), or
+        the same HELLO gets the same answer (UNSUPPORTED_VERSION: a version-2 client
+        falls back to a version-1 HELLO, which is a rule of its own).
+        """
+        return self in _RETRY_IN_NEW_SESSION
 
 
 _NON_FATAL = frozenset(
@@ -60,6 +89,15 @@ _NON_FATAL = frozenset(
         ErrorCode.AGENCY_CLOSED,
         ErrorCode.NOT_DONE,
         ErrorCode.STORAGE_FAILED,
+    }
+)
+_RETRY_IN_NEW_SESSION = frozenset(
+    {
+        ErrorCode.STORAGE_FAILED,
+        ErrorCode.SHUTTING_DOWN,
+        ErrorCode.SERVER_BUSY,
+        ErrorCode.TIMEOUT,
+        ErrorCode.SEQUENCE_GAP,
     }
 )
 
@@ -79,11 +117,15 @@ class Bet(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Opens a session: protocol version, agency number and (maybe empty) token."""
+    """Opens a session: protocol version, agency number and (maybe empty) token.
+
+    `version` is the version the session speaks (see SUPPORTED_VERSIONS); the
+    server answers in it.
+    """
 
     agency: int
     token: str = ""
-    version: int = PROTOCOL_VERSION
+    version: int = 1  # a client asks for version 2 explicitly: it must then check the digests
 
     def __repr__(self) -> str:  # tokens never reach logs
         return f"Hello(agency={self.agency}, version={self.version}, token={'***' if self.token else ''!r})"
@@ -95,10 +137,15 @@ class Bets:
 
     Each bet is a `Bet` or a plain tuple in its field order (the decoder makes
     plain tuples; they compare equal to the `Bet` with the same fields).
+    `encoded`, set by the decoder, is the bets exactly as they were on the wire (the
+    payload after `first` and `count`), so the agency digest can hash them without
+    encoding them again; None for a batch built in memory. It takes no part in
+    equality: the bets are the batch.
     """
 
     first: int
     bets: tuple[tuple, ...]
+    encoded: bytes | memoryview | None = field(default=None, compare=False, repr=False)
 
     @property
     def count(self) -> int:
@@ -124,11 +171,15 @@ class WinnersQuery:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """Answers HELLO: how many of the agency's bets are stored, and the session's flags."""
+    """Answers HELLO: how many of the agency's bets are stored, and the session's flags.
+
+    `digest` is digest(committed) (32 bytes) in a version-2 session, None in version 1.
+    """
 
     committed: int
     agency_done: bool = False
     draw_done: bool = False
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +192,15 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class DoneAck:
-    """DONE is durably recorded."""
+    """DONE is durably recorded.
+
+    In a version-2 session it is also the agency's receipt: `committed` bets are
+    stored and `digest` is their digest(committed) (32 bytes). Both are None in
+    version 1.
+    """
+
+    committed: int | None = None
+    digest: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +231,7 @@ Message = Union[ClientMessage, ServerMessage]
 def bet_wire_size(bet: Bet) -> int:
     """Bytes the bet takes inside a BETS payload: four u16-prefixed strings and a u16."""
     return (
-        10
+        5 * wire.U16.size
         + len(bet.first_name.encode())
         + len(bet.last_name.encode())
         + len(bet.document.encode())
@@ -181,4 +240,4 @@ def bet_wire_size(bet: Bet) -> int:
 
 
 # Bytes of a BETS frame around its bets: header, type, `first` and `count`.
-BETS_FRAME_OVERHEAD = HEADER_SIZE + 1 + 4 + 2
+BETS_FRAME_OVERHEAD = wire.FRAME_HEAD.size + wire.BETS_HEAD.size

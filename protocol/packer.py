@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from .messages import BETS_FRAME_OVERHEAD, HEADER_SIZE, MAX_FRAME_SIZE, Bet, Winners, bet_wire_size
+from . import wire
+from .messages import BETS_FRAME_OVERHEAD, MAX_FRAME_SIZE, Bet, Winners, bet_wire_size
 
 # header, type, `final` and `count`
-_WINNERS_FRAME_OVERHEAD = HEADER_SIZE + 1 + 1 + 2
+_WINNERS_FRAME_OVERHEAD = wire.FRAME_HEAD.size + wire.WINNERS_HEAD.size
 
 
 def pack_batches(bets: Iterable[Bet], max_amount: int) -> Iterator[list[Bet]]:
@@ -44,7 +45,7 @@ def split_winners(documents: Iterable[str]) -> list[Winners]:
     chunk: list[str] = []
     size = _WINNERS_FRAME_OVERHEAD
     for document in documents:
-        document_size = 2 + len(document.encode())
+        document_size = wire.U16.size + len(document.encode())
         if chunk and size + document_size > MAX_FRAME_SIZE:
             frames.append(Winners(tuple(chunk), final=False))
             chunk, size = [], _WINNERS_FRAME_OVERHEAD
