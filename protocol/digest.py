@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from . import wire
 from .encoder import encode_bet
@@ -60,6 +61,14 @@ def _offset_after(view: memoryview, offset: int, bets: int) -> int:
     if offset > len(view):
         raise ValueError("the encoded bets are fewer than their count says")
     return offset
+
+
+class DigestMark(NamedTuple):
+    """An AgencyDigest's state at one moment (see `AgencyDigest.mark`)."""
+
+    n: int
+    blocks_size: int
+    block: "hashlib._Hash"
 
 
 class AgencyDigest:
@@ -143,6 +152,21 @@ class AgencyDigest:
         if self._n % BLOCK_BETS:
             outer.update(self._block.digest())  # hashlib's digest() works on a copy: the block goes on
         return outer.digest()
+
+    def mark(self) -> "DigestMark":
+        """The state now, to `rewind` to when what was added since is not kept
+        (a batch the store refused, a turn whose commit failed)."""
+        return DigestMark(self._n, len(self._blocks), self._block.copy())
+
+    def rewind(self, mark: "DigestMark") -> None:
+        self._n = mark.n
+        del self._blocks[mark.blocks_size :]
+        self._block = mark.block.copy()
+
+    def digest_at(self, mark: "DigestMark") -> bytes:
+        """digest(mark.n): what the digest was at `mark`, the running state untouched."""
+        return _digest_of(mark.n, bytes(self._blocks[: mark.blocks_size])
+                          + (mark.block.digest() if mark.n % BLOCK_BETS else b""))
 
     def completed_blocks(self, start: int = 0) -> bytes:
         """H_(start+1) || ... of the finished blocks: all of them by default.

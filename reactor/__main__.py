@@ -39,7 +39,7 @@ from .dblock import DatabaseInUse, DatabaseLock
 from .http import HttpError, RequestReader
 from .loop import EventLoop
 from .server import Server
-from .service import RANDOM_WINNING_NUMBER, Lottery, LotteryConfig, LotteryMismatch
+from .service import RANDOM, VERIFIABLE, Lottery, LotteryConfig, LotteryMismatch
 from .store import DatabaseLost, DatabaseUnusable, Store
 from .turn import TurnEnd
 from .watch import CentralStatus
@@ -68,12 +68,13 @@ end of a turn): a restart recovers from the database."""
 MAX_AGENCIES = 100_000  # the service keeps an account per expected agency
 
 
-def winning_number(text: str) -> int:
-    if text.strip().lower() == "random":
-        return RANDOM_WINNING_NUMBER
+def winning_number(text: str) -> int | str:
+    word = text.strip().lower()
+    if word in (RANDOM, VERIFIABLE):
+        return word
     value = int(text)
     if not 0 <= value <= 9999:
-        raise ValueError("must be 0 to 9999, or 'random'")
+        raise ValueError("must be 0 to 9999, 'random' or 'verifiable'")
     return value
 
 
@@ -104,7 +105,9 @@ OPTIONS = [
     Option("durability", "SERVER_DURABILITY", "server", "durability", "full", choice("full", "normal", "off"),
            "full: on disk before the ACK; normal: safe from a process crash; off: no fsync"),
     Option("winning_number", "SERVER_WINNING_NUMBER", "lottery", "winning_number", 7574, winning_number,
-           "winning number 0..9999, or 'random' to draw one with the secrets module"),
+           "winning number 0..9999; 'random' to draw one with the secrets module at the draw; 'verifiable' "
+           "to commit to a secret seed before any bet and derive the number from it and every agency's "
+           "digest (PROTOCOL.md version 2): anyone can check it"),
     Option("max_connections", "SERVER_MAX_CONNECTIONS", "server", "max_connections", 20000, positive_int,
            "connections served at once; above it a peer gets SERVER_BUSY"),
     Option("handshake_timeout", "SERVER_HANDSHAKE_TIMEOUT", "server", "handshake_timeout", 10.0, positive_float,
@@ -200,7 +203,7 @@ def _serve(settings, logs: BufferedLogHandler | None) -> int:
             loop, lottery, settings.host, settings.port, limits,
             settings.max_connections, settings.drain_timeout, tls,
         )
-    except (LotteryMismatch, sqlite3.DatabaseError) as error:  # a mismatch, or pages damaged past the header
+    except (LotteryMismatch, DatabaseUnusable, sqlite3.DatabaseError) as error:  # or pages damaged past the header
         log_event(log, logging.ERROR, "open_database", "fail", db=settings.db, error=str(error).replace("|", "/"))
         return _close(loop, store, lock, settings.db, EXIT_CANNOT_START)
     except OSError as error:

@@ -56,7 +56,9 @@ import ssl
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from protocol import NEED_DATA, PEER_CLOSED, FrameDecoder, Message, ProtocolError, Role
+from protocol import NEED_DATA, PEER_CLOSED, SUPPORTED_VERSIONS, FrameDecoder, Message, ProtocolError, Role
+
+MAX_VERSION = max(SUPPORTED_VERSIONS)  # HELLO versions 1..this are served, each in its own words
 
 # A read takes a couple of BETS frames: with the turn's budget shared out a read at a
 # time, one turn serves several agencies instead of one agency's whole window.
@@ -207,7 +209,7 @@ class Connection:
         self._on_established = on_established  # told when the first message arrives
         # The protocol behind this transport: the Lottery Bet Protocol's frames by
         # default, or another decoder of the same shape (the admin side's HTTP reader).
-        self._decoder = decoder if decoder is not None else FrameDecoder(Role.SERVER)
+        self._decoder = decoder if decoder is not None else FrameDecoder(Role.SERVER, version=MAX_VERSION)
         self._decode_error = decode_error
         self._out: list[memoryview | bytes] = []  # a list: an empty deque costs ~600 bytes a peer
         self._out_size = 0

@@ -17,7 +17,6 @@ announced again.
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Callable
 
 from runtime.logfmt import log_event
@@ -26,7 +25,6 @@ from .store import DrawState, StorageError, Store
 
 log = logging.getLogger(__name__)
 
-RANDOM_WINNING_NUMBER = -1  # "draw it with secrets when the draw happens"
 DRAW_SCAN_SLICE = 50_000  # rowids scanned for winners per loop turn
 RETRY_FIRST = 0.1  # seconds before a failed step is tried again; doubles up to the cap
 RETRY_CAP = 5.0
@@ -40,13 +38,15 @@ class Draw:
         self,
         store: Store,
         loop,
-        winning_number: int,
+        winning_number: Callable[[], int],
         everyone_done: Callable[[], bool],
         transaction_lost: Callable[[str], None],
+        seed: str | None = None,
     ) -> None:
         self._store = store
         self._loop = loop
-        self._winning_number = winning_number
+        self._winning_number = winning_number  # called once, when the draw is fixed
+        self._seed = seed  # a verifiable draw's secret (hex), revealed when the draw is announced
         self._everyone_done = everyone_done
         self._transaction_lost = transaction_lost
         self.state: DrawState | None = store.draw()
@@ -100,8 +100,9 @@ class Draw:
             self._failed(str(error))
             return False
         self._retry = 0.0
+        revealed = {} if self._seed is None else {"seed": self._seed}
         log_event(log, logging.INFO, "sorteo", "success", numero_ganador=self.state.winning_number,
-                  ganadores=sum(map(len, self.winners.values())))
+                  ganadores=sum(map(len, self.winners.values())), **revealed)
         return True
 
     # --- steps -------------------------------------------------------------------------
@@ -123,10 +124,7 @@ class Draw:
             return
         try:
             if self.state is None:
-                number = self._winning_number
-                if number == RANDOM_WINNING_NUMBER:
-                    number = secrets.randbelow(10_000)
-                self._staged = self._store.stage_draw(number)
+                self._staged = self._store.stage_draw(self._winning_number())
             else:
                 self._staged = self._store.stage_winner_scan(self.state, DRAW_SCAN_SLICE)
         except StorageError as error:

@@ -24,15 +24,31 @@ from __future__ import annotations
 
 import hmac
 import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from protocol import Ack, Bets, DoneAck, ErrorCode, Hello, Welcome, first_invalid_bet, utc_today
+from protocol import (
+    BLOCK_BETS,
+    Ack,
+    AgencyDigest,
+    Bets,
+    DoneAck,
+    ErrorCode,
+    Hello,
+    Welcome,
+    commitment,
+    derive_winning_number,
+    encode_bet,
+    first_invalid_bet,
+    utc_today,
+)
+from protocol.digest import DigestMark
 from runtime.logfmt import log_event
 
-from .draw import RANDOM_WINNING_NUMBER, Draw
+from .draw import Draw
 from .session import Refusal, Reply, Session
-from .store import DatabaseLost, Holdings, StorageError, Store
+from .store import DatabaseLost, DatabaseUnusable, Holdings, LotteryRecord, StorageError, Store
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +59,8 @@ MISSING_EVERY = 30.0  # seconds between the lines naming the agencies the draw s
 @dataclass
 class AgencyAccount:
     """One agency at the central: what is durable, what this turn staged, its DONE,
-    and its one live session."""
+    its digest (over the staged bets; `turn_mark` is where the durable ones end while
+    this turn added some), and its one live session."""
 
     number: int
     committed: int = 0
@@ -51,20 +68,33 @@ class AgencyAccount:
     done: bool = False
     done_staged: bool = False
     session: Session | None = None
+    digest: AgencyDigest = field(default_factory=AgencyDigest)
+    turn_mark: DigestMark | None = None
+
+    def durable_digest(self) -> bytes:
+        """digest(committed): the receipt for what is durable now."""
+        if self.turn_mark is None:
+            return self.digest.digest()
+        return self.digest.digest_at(self.turn_mark)
+
+
+RANDOM, VERIFIABLE = "random", "verifiable"
 
 
 @dataclass
 class LotteryConfig:
-    """The lottery's settings: how many agencies, how the number is drawn, their tokens."""
+    """The lottery's settings: how many agencies, how the number is drawn (a number
+    0..9999, "random": drawn with `secrets` at the draw, or "verifiable": derived
+    from a seed committed to before any bet, PROTOCOL.md version 2), their tokens."""
 
     agencies: int = 5
-    winning_number: int = 7574  # RANDOM_WINNING_NUMBER to draw one with `secrets`
+    winning_number: int | str = 7574
     tokens: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def winning_number_setting(self) -> str:
         """The winning-number setting as the database records it."""
-        return "random" if self.winning_number == RANDOM_WINNING_NUMBER else str(self.winning_number)
+        return str(self.winning_number)
 
 
 class LotteryMismatch(Exception):
@@ -95,10 +125,12 @@ class Lottery:
         self.errors_sent: dict[ErrorCode, int] = dict.fromkeys(ErrorCode, 0)
         self.last_commit_failed = False
         self._missing_timer = None
-        self._adopt_database()
-        self.draw = Draw(store, loop, config.winning_number,
+        self._touched: list[AgencyAccount] = []  # accounts whose digest this turn moved
+        self.record = self._adopt_database()
+        seed = self.record.seed
+        self.draw = Draw(store, loop, self._winning_number,
                          everyone_done=lambda: all(a.done for a in self.agencies.values()),
-                         transaction_lost=self._lose_turn)
+                         transaction_lost=self._lose_turn, seed=seed.hex() if seed else None)
         self._recover()
 
     # --- sessions: the public seam -----------------------------------------------------
@@ -121,9 +153,11 @@ class Lottery:
         account.session = session
         return account
 
-    def welcome(self, account: AgencyAccount) -> Reply:
+    def welcome(self, account: AgencyAccount, version: int) -> Reply:
+        """WELCOME in the session's version: version 2 adds digest(committed)."""
+        digest = account.durable_digest() if version >= 2 else None
         return Reply.of(Welcome(committed=account.committed, agency_done=account.done,
-                                draw_done=self.draw.finished))
+                                draw_done=self.draw.finished, digest=digest))
 
     def take_batch(self, account: AgencyAccount, batch: Bets) -> Reply:
         """Validates, sequences and stages a batch; its ACK, or a Refusal (PROTOCOL.md's
@@ -147,10 +181,13 @@ class Lottery:
         if account.done_staged:
             raise self._refused(account, batch, ErrorCode.AGENCY_CLOSED,
                                 "this agency sent DONE; it takes no new bets")
-        new_bets = batch.bets[account.staged + 1 - batch.first:]
+        skip = account.staged + 1 - batch.first
+        new_bets = batch.bets[skip:]
+        new_blocks, tail_at, mark = self._extend_digest(account, batch, skip, new_bets)
         try:
-            self.store.stage_bets(account.number, new_bets, batch.last)
+            self.store.stage_bets(account.number, new_bets, batch.last, new_blocks, tail_at)
         except StorageError as error:
+            account.digest.rewind(mark)
             self._storage_failed(error)
             raise self._refused(account, batch, ErrorCode.STORAGE_FAILED,
                                 "the store could not take the batch; retry later") from None
@@ -159,8 +196,27 @@ class Lottery:
         self._acks_waiting += 1
         return Reply.of(ack, waits_for_commit=True, first=batch.first)
 
-    def take_done(self, account: AgencyAccount) -> Reply:
-        """Records DONE (idempotent); DONE_ACK waits for the commit unless already durable."""
+    def _extend_digest(self, account: AgencyAccount, batch: Bets, skip: int, new_bets) -> tuple:
+        """Hashes the batch's new bets into the agency's digest (once, from the wire
+        bytes when it has them): the blocks they finished, where the unfinished block
+        starts among them (None: before them), and the mark to rewind to."""
+        digest, before = account.digest, account.staged
+        mark = digest.mark()
+        if account.turn_mark is None:
+            account.turn_mark = mark
+            self._touched.append(account)
+        if batch.encoded is not None:
+            digest.extend(batch.encoded, batch.count, skip)
+        else:  # a batch built in memory (the bench's servers, tests)
+            digest.extend(b"".join(map(encode_bet, new_bets)), len(new_bets))
+        after = batch.last
+        block_start = after - after % BLOCK_BETS  # bets before the unfinished block
+        tail_at = block_start - before if after % BLOCK_BETS and block_start >= before else None
+        return digest.completed_blocks(before // BLOCK_BETS), tail_at, mark
+
+    def take_done(self, account: AgencyAccount, version: int) -> Reply:
+        """Records DONE (idempotent); DONE_ACK waits for the commit unless already
+        durable. In version 2 it is the receipt: the agency's bets and their digest."""
         if not account.done_staged:
             try:
                 self.store.stage_done(account.number)
@@ -168,7 +224,9 @@ class Lottery:
                 self._storage_failed(error)
                 raise Refusal(ErrorCode.STORAGE_FAILED, "the store could not take the request; retry later") from None
             account.done_staged = True
-        return Reply.of(DoneAck(), waits_for_commit=not account.done)
+        # After DONE no batch adds bets, so what is staged now is what the commit makes durable.
+        receipt = DoneAck(account.staged, account.digest.digest()) if version >= 2 else DoneAck()
+        return Reply.of(receipt, waits_for_commit=not account.done)
 
     def winners_for(self, account: AgencyAccount) -> list[str] | None:
         """The agency's winning documents, None while the draw has not happened."""
@@ -259,16 +317,22 @@ class Lottery:
                     log_event(log, logging.INFO, "agency_done", "success", agency=account.number,
                               bets=account.committed)
                     self._tell_missing()
+            for account in self._touched:
+                account.turn_mark = None
             self.batches_acked += self._acks_waiting
             self.draw.turn_committed()
         else:
             for account in self.agencies.values():
                 account.staged = account.committed
                 account.done_staged = account.done
+            for account in self._touched:
+                account.digest.rewind(account.turn_mark)
+                account.turn_mark = None
             self.batches_refused += self._acks_waiting
             self.draw.turn_failed()
         self._acks_waiting = 0
         self._stored_this_turn.clear()
+        self._touched.clear()
         return committed
 
     def _tell_missing(self) -> None:
@@ -309,8 +373,9 @@ class Lottery:
         self.release_turn(self.commit_turn())
 
     # --- start and stop --------------------------------------------------------------
-    def _adopt_database(self) -> None:
-        """Makes sure the database holds this lottery, or refuses with LotteryMismatch."""
+    def _adopt_database(self) -> LotteryRecord:
+        """Makes sure the database holds this lottery (or refuses with LotteryMismatch),
+        and records it; a verifiable draw's seed is drawn here, before any bet."""
         config, store = self.config, self.store
         setting = config.winning_number_setting
         record, holdings = store.lottery(), store.holdings()
@@ -321,21 +386,49 @@ class Lottery:
                     f"database {store.path} holds a lottery of {record.agencies} agencies ({_describe(holdings)}); "
                     f"started with {config.agencies}: start with --agencies {record.agencies}, {fresh}"
                 )
-            if holdings.draw is not None and record.winning_number != setting:
+            changed = record.winning_number != setting
+            if changed and (holdings.draw is not None or VERIFIABLE in (record.winning_number, setting)):
+                why = ("drawn" if holdings.draw is not None else
+                       "committed to a verifiable draw before its bets" if record.winning_number == VERIFIABLE else
+                       "took bets before any commitment, so it cannot be verifiable")
                 raise LotteryMismatch(
-                    f"database {store.path} holds a lottery drawn with winning number {record.winning_number!r} "
+                    f"database {store.path} holds a lottery {why} with winning number {record.winning_number!r} "
                     f"({_describe(holdings)}); started with {setting!r}: start with --winning-number "
                     f"{record.winning_number}, {fresh}"
                 )
-        if record is None or (record.agencies, record.winning_number) != (config.agencies, setting):
-            store.record_lottery(config.agencies, setting)
+        if record is not None and (record.agencies, record.winning_number) == (config.agencies, setting):
+            return record
+        seed = None
+        if setting == VERIFIABLE:
+            seed = secrets.token_bytes(32)
+        return store.record_lottery(config.agencies, setting, seed, commitment(seed) if seed else None)
+
+    def _winning_number(self) -> int:
+        """The number, when the draw is fixed (every DONE is durable, so every digest final)."""
+        setting = self.config.winning_number
+        if setting == RANDOM:
+            return secrets.randbelow(10_000)
+        if setting == VERIFIABLE:
+            return derive_winning_number(self.record.seed, [self.agencies[n].digest.digest()
+                                                            for n in sorted(self.agencies)])
+        return int(setting)
 
     def _recover(self) -> None:
+        """Rebuilds every account from the store; each digest from its finished blocks'
+        hashes and at most one unfinished block of bets read back."""
         for number, state in self.store.agencies().items():
             account = self.agencies.get(number)
             if account is not None:
                 account.committed = account.staged = state.committed
                 account.done = account.done_staged = state.done
+                tail = state.committed % BLOCK_BETS
+                bets = self.store.tail_bets(number, state.tail_rowid, tail) if tail else []
+                try:
+                    account.digest = AgencyDigest.resume(state.committed, state.blocks, bets)
+                except ValueError as error:
+                    raise DatabaseUnusable(f"database {self.store.path}: agency {number}'s digest: {error}") from None
+        if self.record.commitment:
+            log_event(log, logging.INFO, "draw_commitment", "success", commitment=self.record.commitment)
         log_event(
             log, logging.INFO, "recover", "success",
             agencies=len(self.agencies),

@@ -101,12 +101,13 @@ class Session:
     """Owns one connection's conversation: its state, its agency once admitted, and its
     ordered outbox. The connection's handler; the lottery's public seam is all it uses."""
 
-    __slots__ = ("lottery", "connection", "agency", "_state", "_outbox")
+    __slots__ = ("lottery", "connection", "agency", "version", "_state", "_outbox")
 
     def __init__(self, lottery: "Lottery", connection) -> None:
         self.lottery = lottery
         self.connection = connection
         self.agency: AgencyAccount | None = None
+        self.version = 1  # the protocol version its HELLO spoke
         self._state = SessionState.GREETING
         self._outbox: list[Reply] = []  # a list: an empty deque costs ~600 bytes a session
 
@@ -166,15 +167,17 @@ class Session:
         except Refusal as refusal:
             self.end(refusal.code, refusal.message, agency=hello.agency)
             return
+        self.version = hello.version
         self._move(SessionState.SERVING)
-        log_event(log, logging.DEBUG, "hello", "success", peer=self.connection.peer, agency=self.agency.number)
-        self._reply(self.lottery.welcome(self.agency))
+        log_event(log, logging.DEBUG, "hello", "success", peer=self.connection.peer, agency=self.agency.number,
+                  version=hello.version)
+        self._reply(self.lottery.welcome(self.agency, self.version))
 
     def _bets(self, batch: Bets) -> None:
         self._answer(self.lottery.take_batch, batch)
 
     def _done(self, done: Done) -> None:
-        self._answer(self.lottery.take_done)
+        self._answer(self.lottery.take_done, self.version)
 
     def _winners_query(self, query: WinnersQuery) -> None:
         try:

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 APPLICATION_ID = 0x4C4F5454  # "LOTT": marks a database as a lottery central's
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the agency digest's state and the verifiable draw's seed
 OPEN_BUSY_TIMEOUT = 2.0  # seconds to wait for a lock while opening, before serving starts
 CHECKPOINT_EVERY_ROWS = 20_000  # ~500 WAL pages, half SQLite's default: one took 92 ms at 40,000
 MAX_ROWS_PER_INSERT = 400  # a valid BETS frame holds at most ~355 bets: one statement a batch
@@ -67,9 +67,11 @@ CREATE TABLE IF NOT EXISTS bets (
     number     INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS agencies (
-    agency    INTEGER PRIMARY KEY,
-    committed INTEGER NOT NULL DEFAULT 0,
-    done      INTEGER NOT NULL DEFAULT 0
+    agency     INTEGER PRIMARY KEY,
+    committed  INTEGER NOT NULL DEFAULT 0,
+    done       INTEGER NOT NULL DEFAULT 0,
+    blocks     BLOB NOT NULL DEFAULT x'',  -- H_1 || H_2 || ... of the agency digest's finished blocks
+    tail_rowid INTEGER                     -- rowid of the first bet of the unfinished block
 );
 CREATE TABLE IF NOT EXISTS draw (
     id             INTEGER PRIMARY KEY CHECK (id = 1),
@@ -88,16 +90,18 @@ CREATE TABLE IF NOT EXISTS lottery (
     id             INTEGER PRIMARY KEY CHECK (id = 1),
     agencies       INTEGER NOT NULL,
     winning_number TEXT NOT NULL,
-    created_at     TEXT NOT NULL
+    created_at     TEXT NOT NULL,
+    seed           BLOB,  -- a verifiable draw's secret, drawn when the lottery was recorded
+    commitment     TEXT   -- SHA-256(seed), lowercase hex, published before any bet
 );
 """
 # The columns of each table, as SCHEMA makes them: what a database must have to be ours.
 _COLUMNS = {
     "bets": ("agency", "first_name", "last_name", "document", "birthdate", "number"),
-    "agencies": ("agency", "committed", "done"),
+    "agencies": ("agency", "committed", "done", "blocks", "tail_rowid"),
     "draw": ("id", "winning_number", "drawn_at", "scanned_to", "last_rowid", "finished"),
     "winners": ("bet_rowid", "agency", "document"),
-    "lottery": ("id", "agencies", "winning_number", "created_at"),
+    "lottery": ("id", "agencies", "winning_number", "created_at", "seed", "commitment"),
 }
 
 
@@ -133,8 +137,12 @@ class StorageError(Exception):
 
 @dataclass(frozen=True)
 class AgencyState:
+    """One agency as stored: its bets, DONE, and its digest's persisted state."""
+
     committed: int
     done: bool
+    blocks: bytes = b""  # the finished blocks' H_i
+    tail_rowid: int | None = None  # where the unfinished block's bets start
 
 
 @dataclass(frozen=True)
@@ -142,8 +150,10 @@ class LotteryRecord:
     """What lottery a database holds: the settings it was created with."""
 
     agencies: int
-    winning_number: str  # as configured: "7574", "random", ...
+    winning_number: str  # as configured: "7574", "random", "verifiable"
     created_at: str
+    seed: bytes | None = None  # a verifiable draw's secret
+    commitment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -221,8 +231,14 @@ class Store:
         """Refuses a database that some other program made (its tables could be anything)."""
         application_id = db.execute("PRAGMA application_id").fetchone()[0]
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if application_id == APPLICATION_ID and db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-            return
+        if application_id == APPLICATION_ID:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:
+                return
+            raise DatabaseUnusable(
+                f"database {self.path} has schema {version}, this central reads schema {SCHEMA_VERSION}: "
+                "start with a new --db (export the old one with the central that wrote it)"
+            )
         if application_id == 0:
             # Unmarked: a new file, or one written before databases were marked; either
             # way every table it has must be one of ours, with our columns.
@@ -243,8 +259,18 @@ class Store:
 
     # --- reading ------------------------------------------------------------------
     def agencies(self) -> dict[int, AgencyState]:
-        rows = self._db.execute("SELECT agency, committed, done FROM agencies")
-        return {agency: AgencyState(committed, bool(done)) for agency, committed, done in rows}
+        rows = self._db.execute("SELECT agency, committed, done, blocks, tail_rowid FROM agencies")
+        return {row[0]: AgencyState(row[1], bool(row[2]), bytes(row[3]), row[4]) for row in rows}
+
+    def tail_bets(self, agency: int, from_rowid: int, count: int) -> list[tuple]:
+        """The agency's first `count` bets from rowid `from_rowid` on, in stored order:
+        its digest's unfinished block, so a restart hashes at most a block again."""
+        rows = self._db.execute(
+            "SELECT first_name, last_name, document, birthdate, number FROM bets "
+            "WHERE rowid >= ? AND agency = ? ORDER BY rowid LIMIT ?",
+            (from_rowid, agency, count),
+        )
+        return rows.fetchall()
 
     def draw(self) -> DrawState | None:
         row = self._db.execute(
@@ -259,20 +285,25 @@ class Store:
         return result
 
     def lottery(self) -> LotteryRecord | None:
-        row = self._db.execute("SELECT agencies, winning_number, created_at FROM lottery WHERE id = 1").fetchone()
-        return None if row is None else LotteryRecord(*row)
+        row = self._db.execute(
+            "SELECT agencies, winning_number, created_at, seed, commitment FROM lottery WHERE id = 1"
+        ).fetchone()
+        return None if row is None else LotteryRecord(row[0], row[1], row[2], row[3] and bytes(row[3]), row[4])
 
     def holdings(self) -> Holdings:
         done = self._db.execute("SELECT COUNT(*) FROM agencies WHERE done").fetchone()[0]
         return Holdings(self.total_bets(), done, self.draw())
 
-    def record_lottery(self, agencies: int, winning_number: str) -> LotteryRecord:
-        """Records (or, for a database that holds nothing yet, changes) the lottery's settings."""
+    def record_lottery(self, agencies: int, winning_number: str, seed: bytes | None = None,
+                       commitment: str | None = None) -> LotteryRecord:
+        """Records (or, for a database that holds nothing yet, changes) the lottery's
+        settings, with a verifiable draw's seed and commitment when it has one."""
         created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._db.execute(
-            "INSERT INTO lottery (id, agencies, winning_number, created_at) VALUES (1, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET agencies = excluded.agencies, winning_number = excluded.winning_number",
-            (agencies, winning_number, created_at),
+            "INSERT INTO lottery (id, agencies, winning_number, created_at, seed, commitment) "
+            "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET agencies = excluded.agencies, "
+            "winning_number = excluded.winning_number, seed = excluded.seed, commitment = excluded.commitment",
+            (agencies, winning_number, created_at, seed, commitment),
         )
         return self.lottery()
 
@@ -288,23 +319,36 @@ class Store:
             yield from rows
 
     # --- staging (inside the turn's transaction) ------------------------------------
-    def stage_bets(self, agency: int, bets: Sequence[tuple], committed_after: int) -> None:
-        """Appends `bets` (5-tuples) for `agency` and sets its `committed`; all or nothing."""
+    def stage_bets(
+        self, agency: int, bets: Sequence[tuple], committed_after: int, new_blocks: bytes = b"",
+        tail_at: int | None = None,
+    ) -> None:
+        """Appends `bets` (5-tuples) for `agency` and sets its `committed`; all or nothing.
+
+        The agency digest's state goes in the same transaction: `new_blocks` are the
+        H_i of the blocks these bets finished, and `tail_at` the index in `bets` where
+        the digest's unfinished block starts, when it starts among them.
+        """
         with self._piece():
             # One multi-row INSERT per chunk, not executemany: SQLite then steps one
-            # statement per chunk instead of one per bet, which made the store 1.7-2.1x
-            # faster in same-run A/Bs of bench/floors.py. ?1 is the agency in every row.
+            # statement per chunk instead of one per bet. ?1 is the agency in every row.
             per = self._rows_per_insert
+            tail_rowid = None
             for start in range(0, len(bets), per):
                 chunk = bets[start : start + per]
                 params = [agency]
                 params += chain.from_iterable(chunk)
-                self._db.execute(_insert_bets_sql(len(chunk)), params)
+                cursor = self._db.execute(_insert_bets_sql(len(chunk)), params)
+                if tail_at is not None and start <= tail_at < start + len(chunk):
+                    # One statement's rows get consecutive rowids: its last is lastrowid.
+                    tail_rowid = cursor.lastrowid - len(chunk) + 1 + tail_at - start
             self._rows_since_checkpoint += len(bets)
+            # || makes TEXT of two BLOBs, byte for byte; the CAST makes it a BLOB again.
             self._db.execute(
-                "INSERT INTO agencies (agency, committed) VALUES (?, ?) "
-                "ON CONFLICT (agency) DO UPDATE SET committed = excluded.committed",
-                (agency, committed_after),
+                "INSERT INTO agencies (agency, committed, blocks, tail_rowid) VALUES (?1, ?2, ?3, ?4) "
+                "ON CONFLICT (agency) DO UPDATE SET committed = ?2, blocks = CAST(blocks || ?3 AS BLOB), "
+                "tail_rowid = COALESCE(?4, tail_rowid)",
+                (agency, committed_after, new_blocks, tail_rowid),
             )
 
     def stage_done(self, agency: int) -> None:

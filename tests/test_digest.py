@@ -283,3 +283,24 @@ def test_the_draw_depends_on_the_agencies_order():
 def test_the_draw_refuses_a_seed_or_digest_of_the_wrong_size(seed, digests):
     with pytest.raises(ValueError):
         p.derive_winning_number(seed, digests)
+
+
+@given(st.lists(st.integers(1, 700), min_size=1, max_size=8), st.integers(0, 7), st.integers(0, 7))
+def test_a_digest_rewinds_to_any_mark_and_tells_the_digest_there(batch_sizes, kept, rewound):
+    """What a store refused or a failed commit dropped leaves the digest as it was."""
+    bets = [p.Bet("Ana", "G", str(i), "1990-01-01", i % 10_000) for i in range(sum(batch_sizes))]
+    state = p.AgencyDigest()
+    marks, offset = [], 0
+    for size in batch_sizes:
+        marks.append(state.mark())
+        chunk = bets[offset: offset + size]
+        state.extend(b"".join(map(p.encode_bet, chunk)), size)
+        offset += size
+    at = min(kept, len(marks) - 1)
+    mark = marks[at]
+    assert state.digest_at(mark) == p.agency_digest(bets[: mark.n])
+    state.rewind(mark)
+    assert state.n == mark.n and state.digest() == p.agency_digest(bets[: mark.n])
+    extra = bets[mark.n: mark.n + rewound * 150]
+    state.extend(b"".join(map(p.encode_bet, extra)), len(extra))  # and goes on from there
+    assert state.digest() == p.agency_digest(bets[: mark.n + len(extra)])

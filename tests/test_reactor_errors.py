@@ -81,8 +81,10 @@ def test_a_second_hello(server):
     expect_error(peer.send(p.Hello(3, "three")), E.HELLO_REQUIRED)
 
 
-def test_version_two_whatever_follows(server):
-    expect_error(Peer(server.port).send(raw_frame(0x01, b"\x00\x02anything at all")), E.UNSUPPORTED_VERSION)
+@pytest.mark.parametrize("version", [0, 3, 0xFFFF])
+def test_a_version_it_does_not_speak_whatever_follows(server, version):
+    hello = raw_frame(0x01, version.to_bytes(2, "big") + b"anything at all")
+    expect_error(Peer(server.port).send(hello), E.UNSUPPORTED_VERSION)
 
 
 @pytest.mark.parametrize("agency, token", [(0, "x"), (4, "x"), (1, ""), (1, "two"), (2, "two ")])
