@@ -29,9 +29,10 @@ def store_bets_per_s(bets_total: int, durability: str, max_amount: int) -> float
         since_commit = 0
         for start in range(0, len(rows), max_amount):
             batch = rows[start : start + max_amount]
-            store.stage_bets(1, batch, start + len(batch))
+            store.stage_bets(1, batch)
             since_commit += len(batch)
             if since_commit >= BETS_PER_COMMIT:
+                store.stage_agency(1, start + len(batch), b"", None)  # once a turn, as the central
                 store.commit()
                 since_commit = 0
             if store.checkpoint_due:

@@ -70,6 +70,7 @@ class AgencyAccount:
     session: Session | None = None
     digest: AgencyDigest = field(default_factory=AgencyDigest)
     turn_mark: DigestMark | None = None
+    tail_rowid: int | None = None  # where this turn's bets started the digest's unfinished block
 
     def durable_digest(self) -> bytes:
         """digest(committed): the receipt for what is durable now."""
@@ -183,14 +184,16 @@ class Lottery:
                                 "this agency sent DONE; it takes no new bets")
         skip = account.staged + 1 - batch.first
         new_bets = batch.bets[skip:]
-        new_blocks, tail_at, mark = self._extend_digest(account, batch, skip, new_bets)
+        tail_at, mark = self._extend_digest(account, batch, skip, new_bets)
         try:
-            self.store.stage_bets(account.number, new_bets, batch.last, new_blocks, tail_at)
+            first_rowid = self.store.stage_bets(account.number, new_bets)
         except StorageError as error:
             account.digest.rewind(mark)
             self._storage_failed(error)
             raise self._refused(account, batch, ErrorCode.STORAGE_FAILED,
                                 "the store could not take the batch; retry later") from None
+        if tail_at is not None:
+            account.tail_rowid = first_rowid + tail_at
         account.staged = batch.last
         self._stored_this_turn.append((account, len(new_bets)))
         self._acks_waiting += 1
@@ -198,8 +201,8 @@ class Lottery:
 
     def _extend_digest(self, account: AgencyAccount, batch: Bets, skip: int, new_bets) -> tuple:
         """Hashes the batch's new bets into the agency's digest (once, from the wire
-        bytes when it has them): the blocks they finished, where the unfinished block
-        starts among them (None: before them), and the mark to rewind to."""
+        bytes when it has them): where the unfinished block starts among them (None:
+        before them), and the mark to rewind to."""
         digest, before = account.digest, account.staged
         mark = digest.mark()
         if account.turn_mark is None:
@@ -212,7 +215,7 @@ class Lottery:
         after = batch.last
         block_start = after - after % BLOCK_BETS  # bets before the unfinished block
         tail_at = block_start - before if after % BLOCK_BETS and block_start >= before else None
-        return digest.completed_blocks(before // BLOCK_BETS), tail_at, mark
+        return tail_at, mark
 
     def take_done(self, account: AgencyAccount, version: int) -> Reply:
         """Records DONE (idempotent); DONE_ACK waits for the commit unless already
@@ -289,6 +292,8 @@ class Lottery:
         return committed
 
     def _commit(self) -> bool:
+        if self._turn_lost is None:
+            self._stage_accounts()
         committed = self._turn_lost is None
         if committed:
             try:
@@ -318,7 +323,7 @@ class Lottery:
                               bets=account.committed)
                     self._tell_missing()
             for account in self._touched:
-                account.turn_mark = None
+                account.turn_mark = account.tail_rowid = None
             self.batches_acked += self._acks_waiting
             self.draw.turn_committed()
         else:
@@ -327,7 +332,7 @@ class Lottery:
                 account.done_staged = account.done
             for account in self._touched:
                 account.digest.rewind(account.turn_mark)
-                account.turn_mark = None
+                account.turn_mark = account.tail_rowid = None
             self.batches_refused += self._acks_waiting
             self.draw.turn_failed()
         self._acks_waiting = 0
@@ -347,6 +352,18 @@ class Lottery:
         log_event(log, logging.INFO, "draw_waiting", "in_progress", done=len(self.agencies) - len(missing),
                   missing=",".join(map(str, missing)))
         self._missing_timer = self._loop.call_later(MISSING_EVERY, self._tell_missing)
+
+    def _stage_accounts(self) -> None:
+        """Each agency that stored bets this turn: its committed and digest state, in
+        one statement a turn (not one a batch), beside its bets."""
+        for account in self._touched:
+            new_blocks = account.digest.completed_blocks(account.committed // BLOCK_BETS)
+            try:
+                self.store.stage_agency(account.number, account.staged, new_blocks, account.tail_rowid)
+            except StorageError as error:
+                self._storage_failed(error)
+                self._lose_turn("the store could not record an agency's progress")
+                return
 
     def release_turn(self, committed: bool | None) -> None:
         """Settles every session that waited for the commit, answers the held queries

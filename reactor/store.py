@@ -1,9 +1,11 @@
 """The SQLite store: bets in arrival order, per-agency progress, and the draw.
 
 Theory of operation. The loop stages work into one open transaction during a turn
-(`stage_bets`, `stage_done`), each piece under its own savepoint so a piece that
-fails leaves the others staged, and `commit()` ends the transaction once per turn
-(group commit). Nothing staged is visible as `committed` until commit returns.
+(`stage_bets`, then `stage_agency` once per agency at the turn's end, `stage_done`),
+each piece all or nothing so a piece that fails leaves the others staged (one
+statement is atomic by itself; a piece of several has a savepoint), and `commit()`
+ends the transaction once per turn (group commit). Nothing staged is visible as
+`committed` until commit returns.
 
 Bets carry no per-bet index: inserts append to the table's rowid B-tree, which
 keeps ingest near SQLite's ceiling. A bet's number within its agency is its rank
@@ -54,7 +56,7 @@ DURABILITY = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 APPLICATION_ID = 0x4C4F5454  # "LOTT": marks a database as a lottery central's
 SCHEMA_VERSION = 2  # 2: the agency digest's state and the verifiable draw's seed
 OPEN_BUSY_TIMEOUT = 2.0  # seconds to wait for a lock while opening, before serving starts
-CHECKPOINT_EVERY_ROWS = 20_000  # ~500 WAL pages, half SQLite's default: one took 92 ms at 40,000
+CHECKPOINT_EVERY_ROWS = 20_000  # about half the WAL SQLite checkpoints at by default: a short turn of its own
 MAX_ROWS_PER_INSERT = 400  # a valid BETS frame holds at most ~355 bets: one statement a batch
 
 SCHEMA = """
@@ -182,7 +184,8 @@ class Store:
     """Owns the SQLite connection, its one open transaction, and the schema."""
 
     def __init__(
-        self, path: str | Path, durability: str = "full", slow_commit_warning: float = 0.05, read_only: bool = False
+        self, path: str | Path, durability: str = "full", slow_commit_warning: float = 0.05, read_only: bool = False,
+        rows_per_insert: int | None = None,
     ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
@@ -201,7 +204,8 @@ class Store:
         except sqlite3.DatabaseError as error:  # "file is not a database", "malformed", ...
             raise DatabaseUnusable(f"database {self.path}: {error}") from None
         variables = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # 999 before SQLite 3.32
-        self._rows_per_insert = min(MAX_ROWS_PER_INSERT, (variables - 1) // 5)
+        # `rows_per_insert` lets a test cut batches as a SQLite with a lower limit would.
+        self._rows_per_insert = rows_per_insert or min(MAX_ROWS_PER_INSERT, (variables - 1) // 5)
         if not read_only and self.path != ":memory:":
             self._identity = {name: _identity(name) for name in (self.path, self.path + "-wal")}
 
@@ -319,36 +323,39 @@ class Store:
             yield from rows
 
     # --- staging (inside the turn's transaction) ------------------------------------
-    def stage_bets(
-        self, agency: int, bets: Sequence[tuple], committed_after: int, new_blocks: bytes = b"",
-        tail_at: int | None = None,
-    ) -> None:
-        """Appends `bets` (5-tuples) for `agency` and sets its `committed`; all or nothing.
+    def stage_bets(self, agency: int, bets: Sequence[tuple]) -> int:
+        """Appends `bets` (5-tuples) for `agency`, all or nothing; the first one's rowid.
 
-        The agency digest's state goes in the same transaction: `new_blocks` are the
-        H_i of the blocks these bets finished, and `tail_at` the index in `bets` where
-        the digest's unfinished block starts, when it starts among them.
+        One multi-row INSERT per chunk, not executemany: SQLite then steps one
+        statement per chunk instead of one per bet (?1 is the agency in every row).
+        A batch fits one chunk unless SQLite's variable limit is low, and a piece of
+        one statement needs no savepoint.
         """
-        with self._piece():
-            # One multi-row INSERT per chunk, not executemany: SQLite then steps one
-            # statement per chunk instead of one per bet. ?1 is the agency in every row.
-            per = self._rows_per_insert
-            tail_rowid = None
+        per = self._rows_per_insert
+        with self._piece(savepoint=len(bets) > per):
+            first_rowid = None
             for start in range(0, len(bets), per):
                 chunk = bets[start : start + per]
                 params = [agency]
                 params += chain.from_iterable(chunk)
                 cursor = self._db.execute(_insert_bets_sql(len(chunk)), params)
-                if tail_at is not None and start <= tail_at < start + len(chunk):
-                    # One statement's rows get consecutive rowids: its last is lastrowid.
-                    tail_rowid = cursor.lastrowid - len(chunk) + 1 + tail_at - start
+                if first_rowid is None:  # one statement's rows get consecutive rowids
+                    first_rowid = cursor.lastrowid - len(chunk) + 1
             self._rows_since_checkpoint += len(bets)
+        return first_rowid
+
+    def stage_agency(self, agency: int, committed: int, new_blocks: bytes, tail_rowid: int | None) -> None:
+        """Sets the agency's `committed` and its digest's state: `new_blocks` are the H_i
+        of the blocks finished since it was last set, `tail_rowid` where the unfinished
+        block starts (None: where it started before). Once a turn per agency that
+        stored bets, beside them in the same transaction."""
+        with self._piece():
             # || makes TEXT of two BLOBs, byte for byte; the CAST makes it a BLOB again.
             self._db.execute(
                 "INSERT INTO agencies (agency, committed, blocks, tail_rowid) VALUES (?1, ?2, ?3, ?4) "
                 "ON CONFLICT (agency) DO UPDATE SET committed = ?2, blocks = CAST(blocks || ?3 AS BLOB), "
                 "tail_rowid = COALESCE(?4, tail_rowid)",
-                (agency, committed_after, new_blocks, tail_rowid),
+                (agency, committed, new_blocks, tail_rowid),
             )
 
     def stage_done(self, agency: int) -> None:
@@ -373,7 +380,7 @@ class Store:
         """Scans the next `slice_size` rowids after `draw.scanned_to` for winners; the draw after it."""
         upper = min(draw.last_rowid, draw.scanned_to + slice_size)
         finished = upper >= draw.last_rowid
-        with self._piece():
+        with self._piece(savepoint=True):
             self._db.execute(
                 "INSERT OR IGNORE INTO winners (bet_rowid, agency, document) "
                 "SELECT rowid, agency, document FROM bets WHERE rowid > ? AND rowid <= ? AND number = ?",
@@ -382,8 +389,8 @@ class Store:
             self._db.execute("UPDATE draw SET scanned_to = ?, finished = ? WHERE id = 1", (upper, int(finished)))
         return replace(draw, scanned_to=upper, finished=finished)
 
-    def _piece(self):
-        return _Savepoint(self)
+    def _piece(self, savepoint: bool = False) -> "_Piece":
+        return _Piece(self, savepoint)
 
     # --- committing ---------------------------------------------------------------
     @property
@@ -468,11 +475,18 @@ def _identity(path: str) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-class _Savepoint:
-    """One piece of staged work: released into the turn's transaction, or rolled back alone."""
+class _Piece:
+    """One piece of staged work in the turn's transaction: all of it, or none of it.
 
-    def __init__(self, store: Store) -> None:
+    A piece of one statement needs no savepoint: SQLite undoes a failed statement by
+    itself. A piece of several rolls back to its savepoint. Either way, when SQLite
+    abandoned the whole transaction (it may, on a full disk or an I/O error), the
+    StorageError says so: everything staged before it in the turn is gone too.
+    """
+
+    def __init__(self, store: Store, savepoint: bool) -> None:
         self.store = store
+        self.savepoint = savepoint
 
     def __enter__(self) -> None:
         store = self.store
@@ -480,23 +494,28 @@ class _Savepoint:
             if not store._in_transaction:
                 store._db.execute("BEGIN IMMEDIATE")
                 store._in_transaction = True
-            store._db.execute("SAVEPOINT piece")
+            if self.savepoint:
+                store._db.execute("SAVEPOINT piece")
         except sqlite3.Error as error:
             raise StorageError(str(error)) from error
 
     def __exit__(self, kind, error, traceback) -> bool:
-        db = self.store._db
+        store, db = self.store, self.store._db
         if kind is None:
-            db.execute("RELEASE piece")
+            if self.savepoint:
+                db.execute("RELEASE piece")
             return False
         if not isinstance(error, sqlite3.Error):
             return False
-        try:
-            db.execute("ROLLBACK TO piece")
-            db.execute("RELEASE piece")
-        except sqlite3.Error:
-            # The whole transaction is gone (SQLite aborts it on some errors).
-            self.store._rollback()
-            self.store._in_transaction = False
+        lost = not db.in_transaction
+        if self.savepoint and not lost:
+            try:
+                db.execute("ROLLBACK TO piece")
+                db.execute("RELEASE piece")
+            except sqlite3.Error:
+                lost = True
+        if lost:
+            store._rollback()
+            store._in_transaction = False
             raise StorageError(str(error), transaction_lost=True) from error
         raise StorageError(str(error)) from error

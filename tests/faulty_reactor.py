@@ -14,10 +14,10 @@ import random
 import sys
 
 from reactor import __main__ as server_main
-from reactor.store import Store, _Savepoint
+from reactor.store import Store, _Piece
 
 if "FAULT_FLAG" in os.environ:
-    _enter = _Savepoint.__enter__
+    _enter = _Piece.__enter__
 
     def enter(self):
         db = self.store._db
@@ -28,7 +28,7 @@ if "FAULT_FLAG" in os.environ:
             db.execute("PRAGMA max_page_count = 4294967294")
         return _enter(self)
 
-    _Savepoint.__enter__ = enter
+    _Piece.__enter__ = enter
 
 if "FAULT_RATE" in os.environ:
     rate = float(os.environ["FAULT_RATE"])
@@ -36,9 +36,10 @@ if "FAULT_RATE" in os.environ:
     _stage_bets, _commit = Store.stage_bets, Store.commit
 
     def stage_bets(self, *args, **kwargs):
-        _stage_bets(self, *args, **kwargs)
+        first_rowid = _stage_bets(self, *args, **kwargs)
         if rng.random() < rate:
             raise RuntimeError("injected: a fault after a batch was staged")
+        return first_rowid
 
     def commit(self):
         if self.in_transaction and rng.random() < rate:
