@@ -34,9 +34,9 @@ from runtime.settings import (
 
 from . import commands
 from .admin import AdminSession
-from .connection import ConnectionLimits
 from .dblock import DatabaseInUse, DatabaseLock
 from .http import HttpError, RequestReader
+from .limits import ConnectionLimits
 from .loop import EventLoop
 from .server import Server
 from .service import RANDOM, VERIFIABLE, Lottery, LotteryConfig, LotteryMismatch

@@ -27,7 +27,8 @@ from typing import Callable
 from protocol import Error, ErrorCode, ProtocolError, encode
 from runtime.logfmt import log_event
 
-from .connection import Connection, ConnectionLimits, TurnBudget, is_fd_exhaustion
+from .connection import Connection, is_fd_exhaustion
+from .limits import ConnectionLimits, TurnBudget
 from .loop import EventLoop
 from .service import Lottery
 

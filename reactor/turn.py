@@ -5,7 +5,7 @@ from __future__ import annotations
 import selectors
 from typing import Callable
 
-from .connection import TurnBudget
+from .limits import TurnBudget
 from .service import Lottery
 
 
