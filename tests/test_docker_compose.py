@@ -101,7 +101,7 @@ def test_every_up_is_a_new_lottery_and_a_restart_keeps_it():
                 # A container restart is not a new lottery: the database and the draw are kept.
                 subprocess.run(["docker", "restart", "server"], capture_output=True, timeout=120, check=True)
                 report = stats_in_the_server()
-                assert report["total_bets"] == sum(dataset.rows) and report["draw"]["finished"]
+                assert report["total_bets"] == sum(dataset.rows) and report["draw"]["state"] == "done"
             down = make("docker-compose-down", compose_file)
             assert down.returncode == 0, down.stdout + down.stderr
             volumes = subprocess.run(["docker", "volume", "ls", "--format", "{{.Name}}"], capture_output=True,
