@@ -46,7 +46,7 @@ class CentralStatus:
         if self.server.draining:
             return False, "draining: the central is shutting down"
         if self.lottery.last_commit_failed:
-            return False, "the store's last write failed (a full disk, an I/O error, a lock): see its store line"
+            return False, "the store's last write failed"
         return True, ""
 
     def status(self) -> dict:
