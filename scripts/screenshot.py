@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from datagen import COURSE_SIZES, DEFAULT_WINNING_NUMBER, write_dataset  # noqa: E402
 from demo import (  # noqa: E402
     ADMIN_PORT_LINE,
     CLIENT_INI,
@@ -40,6 +39,8 @@ from demo import (  # noqa: E402
     spawn,
     stop,
 )
+
+from datagen import COURSE_SIZES, DEFAULT_WINNING_NUMBER, write_dataset  # noqa: E402
 from tests.browser import Chromium, find_chromium  # noqa: E402
 
 WINDOW = (1100, 680)
