@@ -161,15 +161,20 @@ def test_metrics_after_the_real_data_set_and_the_draw_agree_with_stats(tmp_path)
 
 
 # --- /readyz ---------------------------------------------------------------------------------------
-def server_send_queue(server_port: int, peer_port: int) -> int:
-    """Bytes the central's socket to `peer_port` holds unsent or unacknowledged (Linux's
-    /proc/net/tcp); on loopback a lasting figure above 0 means the peer's window is shut."""
+def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int]:
+    """(send queue, receive queue) in bytes of this machine's TCP socket from `local_port`
+    to `remote_port` (Linux's /proc/net/tcp)."""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         local, remote, queues = fields[1], fields[2], fields[4]
-        if int(local.rsplit(":", 1)[1], 16) == server_port and int(remote.rsplit(":", 1)[1], 16) == peer_port:
-            return int(queues.split(":")[0], 16)
-    return 0
+        if int(local.rsplit(":", 1)[1], 16) == local_port and int(remote.rsplit(":", 1)[1], 16) == remote_port:
+            send, receive = queues.split(":")
+            return int(send, 16), int(receive, 16)
+    return 0, 0
+
+
+def errors_sent(admin_port: int, code: p.ErrorCode) -> float:
+    return scrape(admin_port)[1][("lottery_errors_sent_total", (("code", code.name),))]
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
@@ -177,10 +182,15 @@ def test_readyz_is_503_with_one_line_while_the_central_drains(tmp_path):
     server = ServerProcess(tmp_path / "bets.db", "--agencies", "2", "--drain-timeout", "60")
     with server:
         assert get(server.admin_port, "/readyz").body == b"ready\n"
+        probe = Peer(server.port)  # how long a NOT_DONE frame is
+        probe.hello(2)
+        not_done = len(p.encode(probe.send(p.WinnersQuery()).read()))
+        probe.close()
+
         # The drain ends once every agency connection is gone. This one holds it open: it
-        # asks and asks (NOT_DONE each time) and never reads, so its answers fill the
-        # socket and the central's send queue; the drain's SHUTTING_DOWN cannot leave, and
-        # the connection waits out its linger before it is aborted.
+        # asks and asks (NOT_DONE each time) and never reads, until the central holds
+        # answers the kernel would not take. Then the drain's SHUTTING_DOWN cannot leave,
+        # and the connection waits out its linger before the central aborts it.
         holder = socket.socket()
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         holder.connect(("127.0.0.1", server.port))
@@ -194,7 +204,16 @@ def test_readyz_is_503_with_one_line_while_the_central_drains(tmp_path):
                 pass  # the central aborted the connection at the end of its drain
 
         threading.Thread(target=ask_and_never_read, daemon=True).start()
-        assert wait_until(lambda: server_send_queue(server.port, holder.getsockname()[1]) > 0, HANG_LIMIT_S)
+        ports = server.port, holder.getsockname()[1]
+
+        def central_holds_answers() -> bool:
+            # Answers made by now (the probe's aside), then the bytes the kernel has taken
+            # by a moment later: more made than taken means the central holds some itself.
+            made = (errors_sent(server.admin_port, E.NOT_DONE) - 1) * not_done
+            taken = tcp_queues(*ports)[0] + tcp_queues(*reversed(ports))[1]
+            return made > taken
+
+        assert wait_until(central_holds_answers, HANG_LIMIT_S)
 
         # Requests whose last byte is sent once the drain has begun: the answers are decided then.
         pending = {}
@@ -214,9 +233,10 @@ def test_readyz_is_503_with_one_line_while_the_central_drains(tmp_path):
     readyz = parse_response(answers["/readyz"])
     assert readyz.status == 503
     assert readyz.body == b"not ready: draining: the central is shutting down\n"
-    assert readyz.body.count(b"\n") == 1
     livez = parse_response(answers["/livez"])
     assert (livez.status, livez.body) == (200, b"ok\n")  # the loop still turns while it drains
+    closed = server.log_lines("connection_closed")
+    assert len(closed) == 1 and "agency: 1" in closed[0] and "reason: send did not drain before close" in closed[0]
 
 
 def test_readyz_is_503_after_a_failed_write_and_200_after_a_good_commit(tmp_path):
@@ -403,7 +423,8 @@ def check_page_against_stats(chromium, url: str, report: dict) -> DataHooks:
 def test_a_real_browser_reads_the_page_during_a_run_and_after_the_draw(chromium, tmp_path):
     dataset = write_dataset(tmp_path / "data", total=6000, agencies=5)
     db = tmp_path / "bets.db"
-    with ServerProcess(db) as server:
+    # Agencies 4 and 5 sit idle while the browser looks: far from any idle deadline.
+    with ServerProcess(db, "--idle-timeout", "3600") as server:
         url = f"http://127.0.0.1:{server.admin_port}/"
         # Agencies 1 to 3 run the real client: they send everything, then wait for the draw.
         clients: dict = {}
