@@ -33,6 +33,10 @@ venv: $(VENV)/.installed ## create .venv with the test dependencies (pytest, hyp
 demo: ## run the whole lottery locally without Docker: the central and 5 agencies on generated data
 	$(PYTHON) scripts/demo.py --agencies $(AGENCIES) --bets $(BETS)
 
+.PHONY: screenshot
+screenshot: ## photograph the status page of a real run (central + 5 agencies) into docs/ (needs chromium)
+	$(PYTHON) scripts/screenshot.py --data $(DATA)
+
 .PHONY: test
 test: $(VENV)/.installed ## run the whole test suite (short profile of the slow tests; Docker tests excluded)
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)

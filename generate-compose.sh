@@ -26,6 +26,13 @@ services:
     environment:
       SERVER_CONFIG: /config/config.ini
       SERVER_AGENCIES: "$agencies"
+      # The admin listener (status page, /metrics, /readyz) on every interface of the
+      # container, so that its port can be published; the image's healthcheck asks
+      # /readyz on SERVER_ADMIN_PORT.
+      SERVER_ADMIN_HOST: 0.0.0.0
+      SERVER_ADMIN_PORT: "12346"
+    ports:
+      - "127.0.0.1:12346:12346"  # the host's loopback only: http://127.0.0.1:12346/
     volumes:
       - ./config/server.ini:/config/config.ini:ro
       - bets:/var/lib/lottery

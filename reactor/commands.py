@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from runtime.settings import EXIT_CONFIG, Option, load_settings, program_name
+from runtime.settings import EXIT_CONFIG, Option, __version__, load_settings, program_name
 
+from .status import DrawFigures, build_status
 from .store import DatabaseUnusable, Store
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED = 0, 1, 130, 141
@@ -52,8 +53,11 @@ def stats(argv: Sequence[str], server_options: Sequence[Option]) -> int:
     prog = program_name("python -m reactor stats")
     settings = load_settings(
         prog,
-        "Print the central's state as JSON: per agency its stored bets (committed),\n"
-        "whether it is done and its winners; the total; the draw.\n\n" + EXIT_CODES,
+        "Print the central's state as JSON, read from its database: the schema of the\n"
+        "admin listener's /status.json without its live fields (connections, bets per\n"
+        "second, uptime): the expected agencies and those missing, per agency its stored\n"
+        "bets (committed), whether it is done and, once the draw is done, its winners;\n"
+        "the total; the draw (open, drawing or done, rows scanned, winning number).\n\n" + EXIT_CODES,
         [_db_option(server_options)], "SERVER_CONFIG", argv, known=server_options,
     )
     return _run(prog, lambda: _stats(settings.db))
@@ -122,27 +126,30 @@ def _write_bets(store: Store, stream) -> None:
 def _stats(db: str) -> None:
     store = _open_existing(db)
     try:
-        draw = store.draw()
-        winners = store.winners() if draw and draw.finished else {}
-        report = {
-            "agencies": {
-                str(n): {"committed": s.committed, "done": s.done, "winners": len(winners.get(n, []))}
-                for n, s in sorted(store.agencies().items())
-            },
-            "total_bets": store.total_bets(),
-            "draw": None if draw is None else {
-                "winning_number": draw.winning_number,
-                "drawn_at": draw.drawn_at,
-                "finished": draw.finished,
-                "winners": sum(map(len, winners.values())),
-            },
-        }
+        report = stats_document(store)
     except sqlite3.Error as error:
         raise CommandError(f"reading the database failed: {error}", EXIT_FAILED) from None
     finally:
         store.close()
     print(json.dumps(report, indent=2))
     sys.stdout.flush()
+
+
+def stats_document(store: Store) -> dict:
+    """The status document (reactor.status) of a database, without the live fields:
+    `GET /status.json` of the central serving it says the same, plus those."""
+    agencies = store.agencies()
+    record = store.lottery()
+    draw = store.draw()
+    winners = store.winners() if draw is not None and draw.finished else None
+    return build_status(
+        version=__version__,
+        # A database records its agency count when a central first serves it.
+        expected=record.agencies if record is not None else max(agencies, default=0),
+        committed={number: state.committed for number, state in agencies.items()},
+        done={number for number, state in agencies.items() if state.done},
+        draw=DrawFigures.of(draw, winners),
+    )
 
 
 def _open_existing(path: str) -> Store:

@@ -293,7 +293,7 @@ class CentralMetrics:
     def __init__(self, version: str, *, process: bool = True) -> None:
         self.registry = registry = Registry()
         self.bets_stored = registry.counter(
-            "lottery_bets_stored_total", "Bets stored (committed) since the central started, per agency.", ["agency"]
+            "lottery_bets_stored_total", "Bets stored (committed) per agency, those recovered at start included.", ["agency"]
         )
         self.batches = registry.counter(
             "lottery_batches_total", "BETS batches answered: ack (stored, or a resend) or error.", ["result"]

@@ -124,7 +124,9 @@ class Lottery:
         self.batches_refused = 0
         self._acks_waiting = 0  # ACKs of this turn that wait for its commit
         self.errors_sent: dict[ErrorCode, int] = dict.fromkeys(ErrorCode, 0)
+        # The store's last turn of work failed (a piece staged, or the commit): /readyz says so.
         self.last_commit_failed = False
+        self._store_failed = False  # a piece of this turn's store work failed (a full disk fails there)
         self._missing_timer = None
         self._touched: list[AgencyAccount] = []  # accounts whose digest this turn moved
         self.record = self._adopt_database()
@@ -265,6 +267,7 @@ class Lottery:
     # --- the turn ------------------------------------------------------------------
     def _storage_failed(self, error: StorageError) -> None:
         log_event(log, logging.ERROR, "store", "fail", error=str(error).replace("|", "/"))
+        self._store_failed = True
         if error.transaction_lost:
             self._lose_turn("the store lost the turn's transaction")
 
@@ -288,6 +291,9 @@ class Lottery:
         committed = None
         if self.store.in_transaction or self._waiting or self._turn_lost:
             committed = self._commit()
+        if committed is not None or self._store_failed:  # a turn that wrote nothing says nothing of the store
+            self.last_commit_failed = committed is False or self._store_failed
+        self._store_failed = False
         self._announced = self.draw.announce_if_due()
         return committed
 
@@ -311,7 +317,6 @@ class Lottery:
             log_event(log, logging.WARNING, "turn", "in_progress", rolled_back=self._turn_lost)
             self.store.rollback()  # what was staged after the loss cannot stand alone
         self._turn_lost = None
-        self.last_commit_failed = not committed
         if committed:
             for account, count in self._stored_this_turn:
                 log_event(log, logging.INFO, "apuesta_recibida", "success", cantidad=count, agency=account.number)

@@ -46,7 +46,7 @@ class CentralStatus:
         if self.server.draining:
             return False, "draining: the central is shutting down"
         if self.lottery.last_commit_failed:
-            return False, "the store's last commit failed"
+            return False, "the store's last write failed"
         return True, ""
 
     def status(self) -> dict:

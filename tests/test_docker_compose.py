@@ -2,7 +2,8 @@
 
 Marked `docker` (run with `make test-docker`); skipped when no Docker engine answers.
 It replaces the `lottery` compose project's containers and its database volume, and
-the agency files in .data/.
+the agency files in .data/, and needs the host's 127.0.0.1:12346 free (the status
+page is published there).
 
 The course's grading runs up, reads the logs, runs down, several times in a row: each
 `up` must be a new lottery with every course line, so the scenario runs twice. A
@@ -17,6 +18,8 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -69,6 +72,34 @@ def stats_in_the_server() -> dict:
     return json.loads(out.stdout)
 
 
+def from_the_host(path: str) -> tuple[int, bytes]:
+    """The central's admin listener as compose publishes it: on the host's loopback."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:12346{path}", timeout=30) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def check_the_admin_listener() -> None:
+    """Published on 127.0.0.1 only; the healthcheck (/readyz) says healthy; the page's
+    status.json is stats plus its live fields."""
+    published = subprocess.run(["docker", "port", "server", "12346/tcp"], capture_output=True, text=True,
+                               timeout=60).stdout.split()
+    assert published == ["127.0.0.1:12346"]
+    health = subprocess.run(["docker", "inspect", "-f", "{{.State.Health.Status}}", "server"], capture_output=True,
+                            text=True, timeout=60).stdout.strip()
+    assert health == "healthy"
+    assert from_the_host("/readyz") == (200, b"ready\n")
+    status, body = from_the_host("/status.json")
+    live = json.loads(body)
+    assert status == 200
+    del live["bets_per_second"], live["connections"], live["uptime_s"]
+    for agency in live["agencies"]:
+        del agency["connected"]
+    assert live == stats_in_the_server()
+
+
 def check_one_lottery(compose_file: Path, dataset: Dataset) -> None:
     """The course's lines of one run: every bet stored once, one sorteo, each agency's winners."""
     agencies = len(dataset.rows)
@@ -85,6 +116,7 @@ def check_one_lottery(compose_file: Path, dataset: Dataset) -> None:
     assert "result: fail" not in logs
     assert "Traceback" not in logs
     assert stats_in_the_server()["total_bets"] == sum(dataset.rows)
+    check_the_admin_listener()
 
 
 @needs_docker
@@ -101,7 +133,7 @@ def test_every_up_is_a_new_lottery_and_a_restart_keeps_it():
                 # A container restart is not a new lottery: the database and the draw are kept.
                 subprocess.run(["docker", "restart", "server"], capture_output=True, timeout=120, check=True)
                 report = stats_in_the_server()
-                assert report["total_bets"] == sum(dataset.rows) and report["draw"]["finished"]
+                assert report["total_bets"] == sum(dataset.rows) and report["draw"]["state"] == "done"
             down = make("docker-compose-down", compose_file)
             assert down.returncode == 0, down.stdout + down.stderr
             volumes = subprocess.run(["docker", "volume", "ls", "--format", "{{.Name}}"], capture_output=True,

@@ -145,8 +145,16 @@ def test_export_and_stats(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     report = json.loads(out)
     assert report["total_bets"] == 500
-    assert report["agencies"]["1"] == {"committed": dataset.rows[0], "done": True, "winners": len(dataset.winners[1])}
-    assert report["draw"]["winning_number"] == 7574 and report["draw"]["finished"]
+    assert report["expected"] == 2 and report["missing"] == []
+    assert report["agencies"] == [
+        {"agency": n, "committed": dataset.rows[n - 1], "done": True, "winners": len(dataset.winners[n])}
+        for n in (1, 2)
+    ]
+    assert report["draw"] == {
+        "state": "done", "scanned": 500, "total": 500, "winning_number": 7574,
+        "winners": sum(map(len, dataset.winners.values())), "commitment": None, "seed": None,
+    }
+    assert not {"connections", "bets_per_second", "uptime_s"} & report.keys()  # live only
     missing = subprocess.run([sys.executable, "-m", "reactor", "stats", "--db", str(tmp_path / "nope.db")],
                              cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
