@@ -338,6 +338,7 @@ class Connection:
         turn's budget lasts; what the budget did not cover is owed a read next turn."""
         self._owed = False
         budget = self._budget
+        delivered = False
         while self._state in (State.OPEN, State.INPUT_ENDED) and not self._paused:
             if budget.frames <= 0:
                 self._owed = True
@@ -359,9 +360,13 @@ class Connection:
                 if self._on_established is not None:
                     self._on_established(self)
             self._last_progress = self.loop.time()
+            delivered = True
             self.handler.message_received(message)
+        # The frame clock times the frame now arriving: it starts when a read leaves
+        # one unfinished, again after any whole frame (a steady stream is progress),
+        # and it runs only while we read (bytes we leave unread are ours to wait on).
         if self._decoder.inside_frame and self._reading() and not self._owed:
-            if self._frame_started is None:
+            if self._frame_started is None or delivered:
                 self._frame_started = self.loop.time()
         else:
             self._frame_started = None

@@ -139,7 +139,10 @@ class Server:
         self.drain_timeout = drain_timeout
         self.budget = TurnBudget()
         self.agencies = Pool(
-            "agency", limits, max_connections, max_unidentified or max(1, max_connections // 4),
+            "agency", limits, max_connections,
+            # Well below the limit, so that silent peers cannot crowd it, yet never so few
+            # that agencies connecting at once evict each other before they say HELLO.
+            max_unidentified or min(max_connections, max(16, max_connections // 4)),
             new_handler=lottery.new_session, busy_frame=_BUSY_FRAME, tls=tls,
         )
         self.admin: Pool | None = None

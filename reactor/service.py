@@ -326,7 +326,8 @@ class Lottery:
                     account.done = True
                     log_event(log, logging.INFO, "agency_done", "success", agency=account.number,
                               bets=account.committed)
-                    self._tell_missing()
+                    if self._missing_timer is None:  # the first DONE; then the timer's rhythm
+                        self._tell_missing()
             for account in self._touched:
                 account.turn_mark = account.tail_rowid = None
             self.batches_acked += self._acks_waiting
@@ -346,12 +347,10 @@ class Lottery:
         return committed
 
     def _tell_missing(self) -> None:
-        """Names the agencies the draw still waits for: at the first DONE, then at most
-        every MISSING_EVERY seconds while it waits."""
+        """Names the agencies the draw still waits for: at the first DONE, then every
+        MISSING_EVERY seconds while it waits."""
         missing = [a.number for a in self.agencies.values() if not a.done]
-        if self._missing_timer is not None:
-            self._missing_timer.cancel()
-            self._missing_timer = None
+        self._missing_timer = None
         if not missing or self.draw.state is not None or self.draining:
             return
         log_event(log, logging.INFO, "draw_waiting", "in_progress", done=len(self.agencies) - len(missing),

@@ -18,6 +18,7 @@ Schema (keys always present unless marked *live*, which `stats` leaves out):
         {"agency": 1,
          "committed": 15000,         bets stored
          "done": true,               sent DONE
+         "digest": "5f0c...",        digest(committed) in hex: the receipt PROTOCOL.md v2 defines
          "connected": false,         live: has a session now
          "winners": 2}               only once the draw is done: how many of its bets won
       ],
@@ -56,11 +57,13 @@ class DrawFigures:
     seed: str | None = None
 
     @classmethod
-    def of(cls, draw, winners: Mapping[int, list] | None) -> "DrawFigures":
-        """From the store's DrawState (None before the draw) and the winners once read:
-        done means announced, winners known."""
+    def of(cls, draw, winners: Mapping[int, list] | None, commitment: str | None = None,
+           seed: bytes | None = None) -> "DrawFigures":
+        """From the store's DrawState (None before the draw) and the winners once read
+        (done means announced, winners known); a verifiable draw's commitment, and its
+        seed once the draw is fixed (revealed)."""
         if draw is None:
-            return cls()
+            return cls(commitment=commitment)
         done = winners is not None
         return cls(
             state="done" if done else "drawing",
@@ -68,6 +71,8 @@ class DrawFigures:
             total=draw.last_rowid,
             winning_number=draw.winning_number,
             winners={agency: len(documents) for agency, documents in winners.items()} if done else None,
+            commitment=commitment,
+            seed=seed.hex() if seed is not None else None,
         )
 
     def __post_init__(self) -> None:
@@ -93,15 +98,19 @@ def build_status(
     done: Collection[int],
     draw: DrawFigures,
     live: LiveFigures | None = None,
+    digests: Mapping[int, bytes] | None = None,
 ) -> dict:
     """The status document (schema above). `committed` maps agency to bets stored;
-    `done` holds the agencies that sent DONE; `live` is None for `stats`."""
+    `done` holds the agencies that sent DONE; `digests` each agency's digest(committed)
+    (its receipt, PROTOCOL.md version 2); `live` is None for `stats`."""
     done = frozenset(done)
     numbers = sorted(set(range(1, expected + 1)) | set(committed) | done)
     draw_done = draw.state == "done" and draw.winners is not None
     agencies = []
     for number in numbers:
         agency = {"agency": number, "committed": committed.get(number, 0), "done": number in done}
+        if digests is not None and number in digests:
+            agency["digest"] = digests[number].hex()
         if live is not None:
             agency["connected"] = number in live.connected
         if draw_done:

@@ -37,6 +37,7 @@ power loss may lose or corrupt recent commits).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -265,6 +266,15 @@ class Store:
     def agencies(self) -> dict[int, AgencyState]:
         rows = self._db.execute("SELECT agency, committed, done, blocks, tail_rowid FROM agencies")
         return {row[0]: AgencyState(row[1], bool(row[2]), bytes(row[3]), row[4]) for row in rows}
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """Reads inside it see one commit's state (a read transaction); for readers."""
+        self._db.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self._db.execute("COMMIT")
 
     def tail_bets(self, agency: int, from_rowid: int, count: int) -> list[tuple]:
         """The agency's first `count` bets from rowid `from_rowid` on, in stored order:

@@ -58,7 +58,9 @@ class CentralStatus:
             expected=len(lottery.agencies),
             committed={a.number: a.committed for a in accounts},
             done={a.number for a in accounts if a.done},
-            draw=DrawFigures.of(lottery.draw.state, lottery.draw.winners),
+            draw=DrawFigures.of(lottery.draw.state, lottery.draw.winners, lottery.record.commitment,
+                                lottery.record.seed if lottery.draw.state is not None else None),
+            digests={a.number: a.durable_digest() for a in accounts},
             live=LiveFigures(
                 connected=frozenset(a.number for a in accounts if a.session is not None),
                 connections=len(self.server.connections),

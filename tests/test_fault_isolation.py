@@ -219,3 +219,30 @@ def test_a_flood_of_tiny_frames_is_cut_into_turns_of_the_frame_budget(central):
     assert max(handled) <= 256 == budget.frames_per_turn  # the promise, not whatever the budget says
     assert all(m.code is E.INVALID_BET for m in flood.messages)
     ack_or_retry(other, bets(1, 1))
+
+
+# --- the frame deadline under a steady stream -------------------------------------------------
+def test_a_steady_pipelined_stream_is_never_cut_by_the_frame_deadline(tmp_path):
+    """Reads that end mid-frame while whole frames flow are progress: the frame clock
+    belongs to the frame now arriving, not to the first one a read ever cut."""
+    clock = FakeClock()
+    central = InProcessCentral(tmp_path / "bets.db", agencies=1, clock=clock,
+                               limits=ConnectionLimits(frame_timeout=2.0, idle_timeout=60))
+    try:
+        peer = central.peer()
+        peer.hello(1)
+        stream = b"".join(p.encode(bets(first, 7)) for first in range(1, 7 * 60, 7))
+        acked = 0
+        for offset in range(0, len(stream), 500):  # 500 bytes a turn: nearly every read ends mid-frame
+            peer.sock.setblocking(True)
+            peer.sock.sendall(stream[offset: offset + 500])
+            peer.sock.setblocking(False)
+            central.turn(2)
+            clock.advance(0.25)  # 20 s of steady flow in all, ten frame timeouts
+            peer._pump()
+            assert not any(isinstance(m, p.Error) for m in peer.messages), peer.messages
+            acked = len(peer.messages)
+        assert central.turn_until(lambda: (peer._pump(), len(peer.messages) == 59)[1])
+        assert acked > 0
+    finally:
+        central.close()

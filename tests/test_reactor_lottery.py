@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import protocol as p
+from client import BetFile
 from datagen import write_dataset
 from tests.conftest import SHARED_DATASET
 from tests.harness import ROOT, Peer, ServerProcess, exported_rows, file_rows, run_agencies
@@ -147,7 +148,8 @@ def test_export_and_stats(tmp_path):
     assert report["total_bets"] == 500
     assert report["expected"] == 2 and report["missing"] == []
     assert report["agencies"] == [
-        {"agency": n, "committed": dataset.rows[n - 1], "done": True, "winners": len(dataset.winners[n])}
+        {"agency": n, "committed": dataset.rows[n - 1], "done": True, "winners": len(dataset.winners[n]),
+         "digest": p.agency_digest(BetFile(dataset.files[n - 1]).bets()).hex()}  # each agency's receipt
         for n in (1, 2)
     ]
     assert report["draw"] == {
