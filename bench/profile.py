@@ -1,9 +1,11 @@
 """`python -m bench.profile` (`make profile`): where the central's time goes during scenario 2.
 
 Runs the central (`python -m reactor`) at the given durability, attaches `py-spy
-record` (a development-only dependency: `pip install '.[bench]'`) while the load
-generator sends scenario 2 (50 agencies x 20,000 bets, window 8), and stops py-spy
-before the drain. Each sample is charged to the innermost frame that belongs to
+record --idle --nonblocking` (a development-only dependency: `pip install
+'.[bench]'`) while the load generator sends scenario 2 (50 agencies x 20,000 bets,
+window 8), and stops py-spy before the drain. Nonblocking: py-spy never stops the
+central to read its stacks, since a py-spy that is itself kept off a busy core
+would hold the central still past its frame deadline. Each sample is charged to the innermost frame that belongs to
 the central or to a stdlib module with a job of its own (selectors, logging);
 frames of helpers such as enum or a dataclass's generated `__init__` are charged
 to their caller. SQLite runs in C, under the line of the store that called it, so
@@ -39,6 +41,7 @@ from .loadgen import LoadGenerator
 
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<path>[^()]*?)(?::(?P<line>\d+))?\)$")
 
+SELECT = "loop: select"
 # The table's rows, in order; the floor's phase that each compares with.
 CATEGORIES = {
     "decode": "decode",
@@ -56,7 +59,7 @@ CATEGORIES = {
     "connection": None,
     "connection: recv/send": None,
     "loop": None,
-    "loop: select": None,
+    SELECT: None,  # what the runs' wall time leaves (see summarize)
     "server": None,
     "logging": None,
     "draw": None,
@@ -145,7 +148,7 @@ def frame_category(name: str, path: str, line: int | None) -> str | None:
     function = name.rsplit(".", 1)[-1]
     if module is None or not module.startswith(("protocol/", "reactor/", "runtime/")):
         if re.search(r"(^|/)selectors\.py$", path):
-            return "loop: select"
+            return SELECT
         if re.search(r"(^|/)logging/", path):
             return "logging"
         return None
@@ -159,7 +162,7 @@ def frame_category(name: str, path: str, line: int | None) -> str | None:
         return "connection: recv/send" if re.search(r"\.(recv|send)\(", text) else "connection"
     if module == "reactor/loop.py":
         text = statement(str(ROOT / module), line) if line else ""
-        return "loop: select" if ".select(" in text else "loop"
+        return SELECT if ".select(" in text else "loop"
     if module == "protocol/messages.py":
         return None  # a message's properties: charged to whoever asked
     return _BY_MODULE.get(module, "other")
@@ -189,40 +192,60 @@ def read_collapsed(text: str) -> Counter:
     return stacks
 
 
-def summarize(stacks: Counter, bets: int, cpu_s: float) -> dict:
-    """Each category's samples, share and microseconds per bet; the top frames by self and total samples."""
+def summarize(stacks: Counter, bets: int, wall_s: float, sampled_s: float, cpu_s: float) -> dict:
+    """Each category's time per bet over the runs' wall time; the top frames of the busy samples.
+
+    py-spy samples with `--idle`, so its samples cover the whole time it was attached
+    (`sampled_s`) at an effective rate of samples / sampled_s. A category's time is
+    its samples at that rate; the loop's time in select is what the runs' wall time
+    (`wall_s`) leaves, since py-spy was attached, idle, a little before and after them.
+    """
     total = sum(stacks.values())
+    rate = total / sampled_s
     by_category: Counter = Counter()
     own: Counter = Counter()
     inclusive: Counter = Counter()
     for stack, count in stacks.items():
         frames = stack.split(";")
-        by_category[categorize(frames)] += count
+        category = categorize(frames)
+        by_category[category] += count
+        if category == SELECT:
+            continue
         own[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
+    seconds = {category: by_category[category] / rate for category in CATEGORIES if category != SELECT}
+    busy = sum(seconds.values())
+    seconds[SELECT] = max(0.0, wall_s - busy)
+    busy_samples = total - by_category[SELECT]
     return {
         "samples": total,
+        "rate": rate,
         "bets": bets,
+        "wall_s": wall_s,
+        "busy_s": busy,
         "cpu_s": cpu_s,
         "categories": {
-            category: {"samples": by_category[category], "share": by_category[category] / total if total else 0.0,
-                       "us_per_bet": 1e6 * cpu_s * by_category[category] / total / bets if total else 0.0}
-            for category in CATEGORIES if by_category[category]
+            category: {"seconds": seconds[category], "share": seconds[category] / wall_s,
+                       "us_per_bet": 1e6 * seconds[category] / bets}
+            for category in CATEGORIES if seconds[category]
         },
-        "top_self": own.most_common(30),
-        "top_total": inclusive.most_common(30),
+        "top_self": [(frame, count / busy_samples) for frame, count in own.most_common(30)],
+        "top_total": [(frame, count / busy_samples) for frame, count in inclusive.most_common(30)],
     }
 
 
-def report(summary: dict, floor: dict, runs: int, rate: int, durability: str) -> str:
-    samples, bets, cpu_s = summary["samples"], summary["bets"], summary["cpu_s"]
+def report(summary: dict, floor: dict, runs: int, durability: str) -> str:
+    bets, wall_s = summary["bets"], summary["wall_s"]
+    per_bet = 1e6 / bets
     lines = [
         f"the central under py-spy, scenario 2 at durability {durability}: {bets:,} bets in {runs} run(s), "
-        f"{samples:,} samples at {rate} Hz, {cpu_s:.2f} s of CPU ({1e6 * cpu_s / bets:.2f} us a bet)",
-        f"the floor in the same run: {floor['bets_per_s']:,.0f} bets/s "
-        f"({1e6 / floor['bets_per_s']:.2f} us a bet; digest {'on' if floor['digest'] else 'off'}, "
-        f"a commit every {floor['commit_every']:,} bets)",
+        f"{wall_s:.2f} s ({bets / wall_s:,.0f} bets/s), {summary['samples']:,} samples at "
+        f"{summary['rate']:.0f} Hz",
+        f"  busy (not waiting in select): {summary['busy_s'] * per_bet:.2f} us a bet, of which on a CPU "
+        f"{summary['cpu_s'] * per_bet:.2f} (the rest: fsync, and waiting for a core the load generator holds)",
+        f"the floor in the same run: {floor['bets_per_s']:,.0f} bets/s ({1e6 / floor['bets_per_s']:.2f} us a bet; "
+        f"digest {'on' if floor['digest'] else 'off'}, a commit every {floor['commit_every']:,} bets)",
         "",
         f"{'category':24} {'share':>6} {'us/bet':>7} {'floor us/bet':>12}",
         "-" * 52,
@@ -234,36 +257,42 @@ def report(summary: dict, floor: dict, runs: int, rate: int, durability: str) ->
             continue
         beside = f"{floor_us[phase]:.2f}" if phase else "-"
         lines.append(f"{category:24} {figures['share']:>6.1%} {figures['us_per_bet']:>7.2f} {beside:>12}")
-    lines.append(f"{'total':24} {1:>6.1%} {1e6 * cpu_s / bets:>7.2f} {1e6 / floor['bets_per_s']:>12.2f}")
-    lines.append("")
-    lines.append("store: insert bets compares with the floor's insert, which also holds the upsert and the savepoint")
+    lines.append(f"{'total':24} {1:>6.1%} {wall_s * per_bet:>7.2f} {1e6 / floor['bets_per_s']:>12.2f}")
+    lines += [
+        "",
+        "share and us/bet: of the runs' wall time. The floor's insert holds what the central's store rows",
+        "insert bets, agencies upsert and savepoint hold together. Frames below: shares of the busy samples.",
+    ]
     for title, key in (("top frames by own samples", "top_self"), ("top frames by total samples", "top_total")):
         lines += ["", title + ":"]
-        lines += [f"  {count / samples:>6.1%}  {frame}" for frame, count in summary[key][:25]]
+        lines += [f"  {share:>6.1%}  {frame}" for frame, share in summary[key][:25]]
     return "\n".join(lines) + "\n"
 
 
 def profile_run(py_spy: str, generator: LoadGenerator, agencies: int, window: int, durability: str, rate: int,
-                workdir: Path, raw: Path) -> tuple[int, float]:
-    """One run of the central under py-spy: (bets acknowledged, the central's CPU seconds during it)."""
+                workdir: Path, raw: Path) -> dict:
+    """One run of the central under py-spy: bets acknowledged, the run's wall time, the central's
+    CPU seconds during it, and how long py-spy was attached."""
     server = Server("ours", durability, agencies, workdir)
-    spy = subprocess.Popen([py_spy, "record", "--pid", str(server.proc.pid), "--rate", str(rate),
+    attached = time.perf_counter()
+    spy = subprocess.Popen([py_spy, "record", "--pid", str(server.proc.pid), "--rate", str(rate), "--idle", "--nonblocking",
                             "--format", "raw", "--output", str(raw)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)  # py-spy attaches before the first bet
     try:
         cpu_before = server.cpu_seconds()
-        result, _ = generator.run(server.port, window)
+        result, wall = generator.run(server.port, window)
         cpu = server.cpu_seconds() - cpu_before
     finally:
         spy.send_signal(signal.SIGINT)  # py-spy writes what it has, before the drain
         output, _ = spy.communicate(timeout=60)
+        sampled = time.perf_counter() - attached
         server.stop()
     if result.errors:
         raise RuntimeError(f"the run failed: {result.errors[:3]}")
     if not raw.exists():
         raise RuntimeError(f"py-spy wrote no profile: {output.strip()}")
-    return result.bets, cpu
+    return {"bets": result.bets, "wall_s": wall, "cpu_s": cpu, "sampled_s": sampled}
 
 
 def main(argv=None) -> int:
@@ -288,23 +317,22 @@ def main(argv=None) -> int:
                            args.floor_digest == "on")
     generator = LoadGenerator(2)
     stacks: Counter = Counter()
-    bets, cpu_s = 0, 0.0
+    totals = Counter()
     try:
         generator.prepare(loads, args.max_amount)
         with tempfile.TemporaryDirectory(prefix="lottery-profile-") as tmp:
             for run in range(args.runs):
                 raw = Path(tmp) / f"run-{run}.txt"
-                run_bets, run_cpu = profile_run(py_spy, generator, len(loads), window, args.durability, args.rate,
-                                                Path(tmp), raw)
-                bets += run_bets
-                cpu_s += run_cpu
+                figures = profile_run(py_spy, generator, len(loads), window, args.durability, args.rate, Path(tmp), raw)
+                totals.update(figures)
                 stacks += read_collapsed(raw.read_text())
-                print(f"  run {run + 1}: {run_bets:,} bets, {run_cpu:.2f} s of CPU", flush=True)
+                print(f"  run {run + 1}: {figures['bets']:,} bets in {figures['wall_s']:.2f} s, "
+                      f"{figures['cpu_s']:.2f} s of CPU", flush=True)
     finally:
         generator.close()
 
-    summary = summarize(stacks, bets, cpu_s)
-    text = report(summary, floor, args.runs, args.rate, args.durability)
+    summary = summarize(stacks, totals["bets"], totals["wall_s"], totals["sampled_s"], totals["cpu_s"])
+    text = report(summary, floor, args.runs, args.durability)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "profile.txt").write_text(text)
     (args.out_dir / "profile.collapsed").write_text("".join(f"{s} {c}\n" for s, c in stacks.most_common()))

@@ -89,11 +89,14 @@ def test_the_profile_charges_each_sample_where_the_central_spends_it():
         "EpollSelector.select (selectors.py:468) 2\n"
         "main (reactor/__main__.py:281);Session._reply (reactor/session.py:260);__init__ (<string>:2) 1\n"
     )
-    categories = profile.summarize(stacks, bets=1_000, cpu_s=0.013)["categories"]
-    assert categories["store: insert bets"]["samples"] == 10
-    assert categories["loop: select"]["samples"] == 2
-    assert categories["session"]["samples"] == 1  # a generated __init__ is charged to its caller
-    assert categories["store: insert bets"]["us_per_bet"] == pytest.approx(10.0)
+    # 13 samples over 1.3 s attached: 10 Hz; the runs took 1.5 s of it
+    summary = profile.summarize(stacks, bets=1_000, wall_s=1.5, sampled_s=1.3, cpu_s=1.0)
+    categories = summary["categories"]
+    assert categories["store: insert bets"]["us_per_bet"] == pytest.approx(1_000.0)
+    assert categories["session"]["us_per_bet"] == pytest.approx(100.0)  # a generated __init__: its caller's
+    assert categories["loop: select"]["seconds"] == pytest.approx(0.4)  # what the busy samples leave of 1.5 s
+    assert sum(c["share"] for c in categories.values()) == pytest.approx(1.0)
+    assert [frame for frame, _ in summary["top_self"]][0].startswith("Store.stage_bets")
 
 
 def test_the_profile_tells_the_agencies_upsert_from_the_insert():
