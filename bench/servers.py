@@ -197,10 +197,9 @@ class _CsvLottery:
     batch, never fsynced), each agency's count and DONE in memory, and the draw, which
     reads the file back as the course's servers do."""
 
-    WINNING_NUMBER = 7574
-
     def __init__(self, path: str, agencies: int) -> None:
         self.path = path
+        self.winning_number = LotteryConfig().winning_number  # the central's default, as the course fixes it
         self.file = open(path, "a", newline="", encoding="utf-8")
         self.writer = csv.writer(self.file)
         self.committed = dict.fromkeys(range(1, agencies + 1), 0)
@@ -213,7 +212,7 @@ class _CsvLottery:
         winners: dict[int, list[str]] = {}
         with open(self.path, newline="", encoding="utf-8") as bets:
             for agency, _, _, document, _, number in csv.reader(bets):
-                if int(number) == self.WINNING_NUMBER:
+                if int(number) == self.winning_number:
                     winners.setdefault(int(agency), []).append(document)
         self.winners = winners
         log_event(log, logging.INFO, "sorteo", "success")
