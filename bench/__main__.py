@@ -222,8 +222,10 @@ def measure(generator: LoadGenerator, kind: str, durability: str, agencies: int,
     rss_idle = server.status_kb("VmRSS")
     scraper = Scraper(server.admin_port) if server.admin_port else None
     cpu_before = server.cpu_seconds()
+    generator_before = sum(map(cpu_seconds, generator.pids))
     result, wall = generator.run(server.port, window)
     cpu = server.cpu_seconds() - cpu_before
+    generator_cpu = sum(map(cpu_seconds, generator.pids)) - generator_before
     scrapes = scraper.stop() if scraper else None
     peak = server.status_kb("VmHWM")
     extra = server.stop()  # before the idle connections close: their hang-up is not the run's
@@ -240,6 +242,7 @@ def measure(generator: LoadGenerator, kind: str, durability: str, agencies: int,
         "ack_p99_ms": 1000 * percentile(result.latencies, 0.99),
         "peak_rss_mb": peak / 1024,
         "cpu_s": cpu,
+        "loadgen_cpu_s": generator_cpu,
         "idle_bytes_each": (rss_idle - rss_base) * 1024 / idle if idle else None,
         "scrapes": scrapes,
         **extra,
@@ -495,7 +498,9 @@ def print_targets(rows: list[dict], floor: dict, restart: dict | None, notes: li
           f"a commit every {floor['commit_every']:,} bets{cadence})")
     if ours:
         rate = ours["bets_per_s"]
-        print(f"  ours: {rate:,.0f} bets/s, {rate / floor['bets_per_s']:.2f} of the floor (target >= 0.90)")
+        print(f"  ours: {rate:,.0f} bets/s, {rate / floor['bets_per_s']:.2f} of the floor (target >= 0.90); "
+              f"its CPU {ours['cpu_s'] / ours['wall_s']:.0%} of the run's wall time, the load generator's "
+              f"{ours['loadgen_cpu_s'] / ours['wall_s']:.0%} (of {os.cpu_count()} cores)")
         peers = {kind: get(("scale", kind, FIXED_DURABILITY.get(kind, "full"))) for kind in (*SAME_PROMISE_PEERS,
                                                                                               *CSV_PEERS)}
         peers = {kind: row for kind, row in peers.items() if row}

@@ -134,6 +134,11 @@ class LoadGenerator:
             self._pipes.append(parent)
             self._procs.append(proc)
 
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes (their CPU time is the load generator's)."""
+        return [proc.pid for proc in self._procs]
+
     def prepare(self, loads: list[AgencyLoad], max_amount: int) -> None:
         for index, pipe in enumerate(self._pipes):
             pipe.send(("prepare", loads[index :: len(self._pipes)], max_amount))
