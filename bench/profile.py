@@ -275,8 +275,8 @@ def profile_run(py_spy: str, generator: LoadGenerator, agencies: int, window: in
     CPU seconds during it, and how long py-spy was attached."""
     server = Server("ours", durability, agencies, workdir)
     attached = time.perf_counter()
-    spy = subprocess.Popen([py_spy, "record", "--pid", str(server.proc.pid), "--rate", str(rate), "--idle", "--nonblocking",
-                            "--format", "raw", "--output", str(raw)],
+    spy = subprocess.Popen([py_spy, "record", "--pid", str(server.proc.pid), "--rate", str(rate), "--idle",
+                            "--nonblocking", "--format", "raw", "--output", str(raw)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)  # py-spy attaches before the first bet
     try:
