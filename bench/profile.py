@@ -36,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import floors
-from .__main__ import ROOT, Server, scenario_loads
+from .__main__ import CENTRAL_KEEPS_DIGESTS, ROOT, Server, scenario_loads
 from .loadgen import LoadGenerator
 
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<path>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -303,8 +303,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink the scenario (smoke runs)")
     parser.add_argument("--max-amount", type=int, default=150)
-    parser.add_argument("--floor-digest", choices=("on", "off"), default="off",
-                        help="whether the floor hashes each batch for the agency digest")
+    parser.add_argument("--floor-digest", choices=("on", "off"), default="on" if CENTRAL_KEEPS_DIGESTS else "off",
+                        help="whether the floor hashes each batch for the agency digest (default: %(default)s)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     py_spy = find_py_spy()
