@@ -74,6 +74,11 @@ compose-data: ## generate the agency files COMPOSE_FILE mounts, for as many agen
 bench: ## run the benchmarks and print their tables (results also in bench/results/)
 	$(PYTHON) -m bench
 
+.PHONY: profile
+profile: $(VENV)/.installed ## profile the central under py-spy during scenario 2 (results in bench/results/)
+	$(VENV_PY) -m pip install --quiet -e '.[bench]'
+	$(VENV_PY) -m bench.profile
+
 .PHONY: docker-image
 docker-image: ## build the server and client images
 	docker build --target server -t lottery-central:latest .

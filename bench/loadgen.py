@@ -4,7 +4,9 @@ Each worker is a process that keeps its prepared frames between runs: it encodes
 its agencies' bets into BETS frames once (`prepare`), with the client's own codec
 and packer, so a run only sends bytes and reads ACKs. In a run every agency is a
 thread with one connection: HELLO, batches pipelined `window` deep, DONE, and
-WINNERS_QUERY up to the final frame. Each ACK's latency (send to ACK) is recorded.
+WINNERS_QUERY up to the final frame (or, with `finish=False`, a close after the
+last ACK: the server then holds the bets of agencies that are not done). Each
+ACK's latency (send to ACK) is recorded.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def _prepare(loads: list[AgencyLoad], max_amount: int) -> dict[int, list[tuple[b
     return frames
 
 
-def _run_agency(port: int, agency: int, frames, window: int, result: RunResult, lock: threading.Lock) -> None:
+def _run_agency(port: int, agency: int, frames, window: int, finish: bool, result: RunResult,
+                lock: threading.Lock) -> None:
     latencies, acked, winners = [], 0, 0
     try:
         sock = socket.create_connection(("127.0.0.1", port), timeout=120)
@@ -75,14 +78,15 @@ def _run_agency(port: int, agency: int, frames, window: int, result: RunResult, 
             ack = read()
             latencies.append(time.perf_counter() - sent_at.pop(0))
             acked += ack.count
-        sock.sendall(p.encode(p.Done()))
-        read()
-        sock.sendall(p.encode(p.WinnersQuery()))
-        while True:
-            message = read()
-            winners += len(message.documents)
-            if message.final:
-                break
+        if finish:
+            sock.sendall(p.encode(p.Done()))
+            read()
+            sock.sendall(p.encode(p.WinnersQuery()))
+            while True:
+                message = read()
+                winners += len(message.documents)
+                if message.final:
+                    break
         sock.close()
     except Exception as error:  # reported in the result, counted as a failed run
         with lock:
@@ -102,10 +106,10 @@ def _worker(pipe) -> None:
             frames = _prepare(loads, max_amount)
             pipe.send("ready")
         elif command == "run":
-            port, window = args
+            port, window, finish = args
             result, lock = RunResult(), threading.Lock()
             threads = [
-                threading.Thread(target=_run_agency, args=(port, agency, agency_frames, window, result, lock))
+                threading.Thread(target=_run_agency, args=(port, agency, agency_frames, window, finish, result, lock))
                 for agency, agency_frames in frames.items()
             ]
             for thread in threads:
@@ -130,16 +134,21 @@ class LoadGenerator:
             self._pipes.append(parent)
             self._procs.append(proc)
 
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes (their CPU time is the load generator's)."""
+        return [proc.pid for proc in self._procs]
+
     def prepare(self, loads: list[AgencyLoad], max_amount: int) -> None:
         for index, pipe in enumerate(self._pipes):
             pipe.send(("prepare", loads[index :: len(self._pipes)], max_amount))
         for pipe in self._pipes:
             assert pipe.recv() == "ready"
 
-    def run(self, port: int, window: int) -> tuple[RunResult, float]:
+    def run(self, port: int, window: int, finish: bool = True) -> tuple[RunResult, float]:
         started = time.perf_counter()
         for pipe in self._pipes:
-            pipe.send(("run", port, window))
+            pipe.send(("run", port, window, finish))
         total = RunResult()
         for pipe in self._pipes:
             part = pipe.recv()
