@@ -73,7 +73,7 @@ read; 2 bad arguments or settings (a missing database); 130 interrupted (Ctrl-C)
 141 the output's reader went away (| head)."""
 
 CHECKS = ("integrity", "committed", "bets", "digests", "winners", "draw")
-SCAN_ROWS = 10_000  # rows fetched at a time
+SCAN_ROWS = 2_000  # rows fetched at a time: what the audit holds of the bets
 INTEGRITY_MESSAGES = 10  # integrity_check stops after this many
 
 # A bet, its agency and rowid, and whether SQLite holds it with the types the central
@@ -307,7 +307,10 @@ class Audit:
                 "SELECT agency, committed, done, blocks, tail_rowid FROM agencies ORDER BY agency"
             ):
                 account = accounts.get(number) or self._stray(accounts, number, "an account")
-                account.stored(committed, bool(done), bytes(blocks or b""), tail_rowid)
+                if not isinstance(blocks, bytes):  # the central writes a BLOB, empty before a block is finished
+                    findings.add("digests", f"blocks is stored as {type(blocks).__name__}, not as bytes", number)
+                    blocks = b""
+                account.stored(committed, bool(done), blocks, tail_rowid)
             row = db.execute("SELECT winning_number, drawn_at, scanned_to, last_rowid, finished FROM draw "
                              "WHERE id = 1").fetchone()
             draw = None if row is None else _Draw(row[0], row[1], row[2], row[3], bool(row[4]))
@@ -323,9 +326,11 @@ class Audit:
         return Report(n_agencies, setting, commitment, revealed, accounts, draw, findings)
 
     def _check_integrity(self) -> None:
-        messages = [m for (m,) in self._db.execute(f"PRAGMA integrity_check({INTEGRITY_MESSAGES})")]
-        if messages != ["ok"]:
-            self.findings.add("integrity", messages[0], count=len(messages))
+        rows = [m for (m,) in self._db.execute(f"PRAGMA integrity_check({INTEGRITY_MESSAGES})")]
+        if rows != ["ok"]:
+            # A row may hold several lines, under a "*** in database main ***" heading.
+            messages = [line for row in rows for line in row.splitlines() if not line.startswith("***")]
+            self.findings.add("integrity", messages[0] if messages else rows[0], count=max(len(messages), 1))
 
     def _stray(self, accounts: dict[int, _Account], number: int, what: str) -> _Account:
         self.findings.add("committed", f"{what} of agency {number}, which is not one of the lottery's agencies "
@@ -366,7 +371,7 @@ class Audit:
             winners.finish()
         except sqlite3.DatabaseError as error:
             findings.add("integrity", f"reading the bets failed after rowid {rowid}: {error}")
-            for check in ("committed", "digests", "winners", "draw"):
+            for check in ("committed", "bets", "digests", "winners", "draw"):
                 findings.skipped[check] = "the bets could not all be read"
             return False
         return True
