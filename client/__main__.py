@@ -17,7 +17,6 @@ from contextlib import closing
 from typing import Sequence
 
 from protocol import AgencyDigest
-
 from runtime.logfmt import configure_logging, log_event
 from runtime.settings import (
     EXIT_CONFIG,

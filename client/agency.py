@@ -190,7 +190,8 @@ class Agency:
     """Owns one agency's run: its bet source, its sessions, retries and progress.
 
     `bets(skip)` yields the agency's valid bets after the first `skip` (a BetFile's
-    `bets`, or any generator for benchmarks). `before_done()` runs once every bet
+    `bets`, or any generator for benchmarks); a version-2 session asks for them all
+    (skip 0), to check the first `committed` against WELCOME's digest. `before_done()` runs once every bet
     handed out is acknowledged and may raise to stop before DONE (a BetFile's
     `check_complete`). `on_ack(first, count, latency)` is called for every ACK,
     e.g. to track acknowledged bets or ACK latency. `total_rows` is the size of the
@@ -426,7 +427,7 @@ class Agency:
             code = message.code
             where = f" (batch {message.first})" if message.first else ""
             text = f"server answered {getattr(code, 'name', code)}{where}: {message.message}"
-            if getattr(code, "retry_in_new_session", False):  # a code this version does not know is not
+            if getattr(code, "retry_in_new_session", False):  # a code from a later version is never retried
                 raise SessionLost(text)
             raise AgencyFailed(text)
         raise AgencyFailed(f"expected {kind.__name__}, server sent {message!r}")
