@@ -128,7 +128,8 @@ def test_a_rerun_with_another_agencys_file_is_refused_and_stores_nothing_of_it(t
         held = int(line.split("the central holds ")[1].split(" bets of agency 1")[0])
         assert 0 < held < 40_000 and "not the file agency 1 sent" in line
         assert "apuesta_enviada" not in out  # nothing was sent
-        assert stored(db, 1) == file_rows(mine)[:held]
+        now = stored(db, 1)  # the killed run's last batches may have landed after that WELCOME: more of mine
+        assert len(now) >= held and now == file_rows(mine)[: len(now)]
 
         code, out = finish(client(server.port, 1, mine))  # the right file resumes
         assert code == 0, out
