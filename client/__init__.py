@@ -3,7 +3,17 @@
 `Agency` is the library the tests and benchmarks use; `python -m client` the program.
 """
 
-from .agency import Agency, AgencyConfig, AgencyFailed, AgencyResult, NoDraw, ServerNotFound
+from .agency import (
+    Agency,
+    AgencyConfig,
+    AgencyFailed,
+    AgencyResult,
+    FileMismatch,
+    NoDraw,
+    ReceiptMismatch,
+    ServerNotFound,
+)
+from .receipt import digest_bets
 from .rows import BetFile, DataFileError, InvalidRow, RowProblem
 
 __all__ = [
@@ -13,8 +23,11 @@ __all__ = [
     "AgencyResult",
     "BetFile",
     "DataFileError",
+    "FileMismatch",
     "InvalidRow",
     "NoDraw",
+    "ReceiptMismatch",
     "RowProblem",
     "ServerNotFound",
+    "digest_bets",
 ]

@@ -1,6 +1,9 @@
 """`python -m client` (installed: `lottery-agency`): one agency's run against the central.
 
-Every way a run ends is one line and an exit code from `EXIT_CODES`.
+    python -m client [--agency N --data FILE ...]        the agency's run
+    python -m client digest --data FILE [--rows N]       the digest of a file's first N bets
+
+Every way a run ends is one line and an exit code from the EXIT_ constants below.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ import os
 import signal
 import ssl
 import sys
+from contextlib import closing
 from typing import Sequence
 
+from protocol import AgencyDigest
 from runtime.logfmt import configure_logging, log_event
 from runtime.settings import (
     EXIT_CONFIG,
@@ -24,16 +29,22 @@ from runtime.settings import (
     program_name,
 )
 
-from .agency import Agency, AgencyConfig, AgencyFailed, NoDraw, ServerNotFound
+from .agency import Agency, AgencyConfig, AgencyFailed, FileMismatch, NoDraw, ReceiptMismatch, ServerNotFound
+from .receipt import digest_bets
 from .rows import BetFile, DataFileError, InvalidRow, log_invalid_row
 
 log = logging.getLogger("client")
 
 EXIT_DONE, EXIT_FAILED, EXIT_INVALID_ROW, EXIT_NO_DRAW = 0, 1, 3, 4
+EXIT_FILE_MISMATCH, EXIT_RECEIPT_MISMATCH = 5, 6
 
 DESCRIPTION = """An agency of the lottery: reads its bets from a CSV file, sends them to
 the central in batches, says DONE and prints its winners. A rerun resumes where
-the central's stored bets end.
+the central's stored bets end. It speaks protocol version 2 (falling back to 1 for
+a central that speaks only 1): before sending, it checks that the bets the central
+already holds are this file's first ones, and at DONE it checks the central's
+receipt (the count and sha256 digest of its bets, shown on the final line).
+`python -m client digest --help`: the digest of a file, to check a receipt by hand.
 
 The file: first_name,last_name,document,birthdate,number per line; no header;
 UTF-8 (a byte order mark at its start is ignored); CRLF or LF; blank lines
@@ -45,8 +56,21 @@ Exit codes: 0 done, winners printed; 1 gave up (every retry failed) or refused
 by the central; 2 bad settings (a flag, variable, config.ini section, key or
 value; a data file that is not a readable file; a server name that does not
 resolve); 3 stopped at an invalid row (every row before it is stored; fix it and
-rerun); 4 no draw within --winners-timeout; 128+N interrupted by signal N (130
-Ctrl-C, 143 SIGTERM; a rerun resumes)."""
+rerun); 4 no draw within --winners-timeout; 5 the central holds bets of this
+agency that are not this file's first ones (another agency's file, or a row edited
+since): nothing was sent; 6 the receipt at DONE does not match the bets sent;
+128+N interrupted by signal N (130 Ctrl-C, 143 SIGTERM; a rerun resumes)."""
+
+DIGEST_DESCRIPTION = """Print the agency digest (protocol version 2) of the first N bets of an agency
+file, all of them by default, and their count: the sha256 an agency's receipt
+shows, and `python -m reactor audit` prints per agency. The bets are those the
+agency sends: the same row rules (a byte order mark, spaces around fields), and an
+invalid row stopped at or skipped as --on-invalid says; a skipped row is not a bet.
+
+Exit codes: 0 printed; 1 the file has fewer than N bets; 2 bad settings (a flag,
+variable, config.ini section, key or value; a data file that is not a readable
+file); 3 an invalid row before the N-th bet (with --on-invalid stop); 128+N
+interrupted by signal N."""
 
 
 def agency_number(text: str) -> int:
@@ -112,6 +136,14 @@ OPTIONS = [
 ]
 
 
+DIGEST_OPTIONS = [
+    next(option for option in OPTIONS if option.name == "data"),
+    next(option for option in OPTIONS if option.name == "on_invalid"),
+    Option("rows", None, None, None, None, non_negative_int,
+           "the first N bets (a skipped invalid row is not one); all by default", "N"),
+]
+
+
 class Interrupted(BaseException):
     """SIGTERM or SIGINT: stop sending and leave, closing what is open."""
 
@@ -128,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # First of all, so that Ctrl-C at any point (reading settings, counting rows) is one line.
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["digest"]:
+        return _digest(argv[1:])
     prog = program_name("python -m client")
     try:
         return _run(prog, argv)
@@ -175,6 +210,13 @@ def _run(prog: str, argv: Sequence[str] | None) -> int:
     except ServerNotFound as not_found:
         print(f"{prog}: error: {not_found}; the central's address is set with {SERVER_FLAGS}", file=sys.stderr)
         return EXIT_CONFIG
+    except FileMismatch as mismatch:
+        log_event(log, logging.ERROR, "verificacion_archivo", "fail", agency=settings.agency, file=settings.data,
+                  reason=mismatch)
+        return EXIT_FILE_MISMATCH
+    except ReceiptMismatch as mismatch:
+        log_event(log, logging.ERROR, "recibo", "fail", agency=settings.agency, file=settings.data, reason=mismatch)
+        return EXIT_RECEIPT_MISMATCH
     except NoDraw as no_draw:
         log_event(log, logging.ERROR, "espera_sorteo", "fail", agency=settings.agency, reason=no_draw)
         return EXIT_NO_DRAW
@@ -182,13 +224,45 @@ def _run(prog: str, argv: Sequence[str] | None) -> int:
         log_event(log, logging.ERROR, "agencia", "fail", agency=settings.agency, reason=failed)
         return EXIT_FAILED
     _say(f"agency {settings.agency}: {len(result.winners)} winners: {' '.join(result.winners) or '-'}")
+    # The receipt the central confirmed (version 2 only): digest(almacenadas) of this file's bets.
+    receipt = {} if result.receipt is None else {"sha256": result.receipt.hex()}
     log_event(
         log, logging.INFO, "resumen", "success", agency=settings.agency,
         filas=rows, almacenadas=result.total, ya_almacenadas=result.stored_before, enviadas=result.sent,
         omitidas=result.skipped, segundos_envio=f"{result.ingest_seconds:.2f}",
         apuestas_por_segundo=round(result.sent / max(result.ingest_seconds, 1e-9)),
-        segundos_total=f"{result.elapsed:.2f}",
+        segundos_total=f"{result.elapsed:.2f}", **receipt,
     )
+    return EXIT_DONE
+
+
+def _digest(argv: Sequence[str]) -> int:
+    """`python -m client digest`: the digest and count of a file's first bets, on one line."""
+    prog = program_name("python -m client digest")
+    try:
+        settings = load_settings("python -m client digest", DIGEST_DESCRIPTION, DIGEST_OPTIONS, "CLI_CONFIG", argv,
+                                 known=OPTIONS)
+        # stdout holds the result alone; a skipped row's warning goes to stderr.
+        configure_logging("WARNING", logging.StreamHandler(sys.stderr))
+        state = AgencyDigest()
+        bet_file = BetFile(settings.data, settings.on_invalid)
+        with closing(bet_file.bets()) as bets:
+            count = digest_bets(state, bets, settings.rows)
+    except Interrupted as interrupted:
+        print(f"{prog}: interrupted ({interrupted})", file=sys.stderr)
+        return 128 + interrupted.signum
+    except (DataFileError, OSError) as error:
+        message = error if isinstance(error, DataFileError) else f"data file {settings.data}: {error.strerror}"
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return EXIT_CONFIG
+    if bet_file.stopped_at is not None:
+        print(f"{prog}: error: {bet_file.stopped_at} (an agency stops at this row; --on-invalid skip skips it)",
+              file=sys.stderr)
+        return EXIT_INVALID_ROW
+    if settings.rows is not None and count < settings.rows:
+        print(f"{prog}: error: {settings.data} has {count} bets, fewer than --rows {settings.rows}", file=sys.stderr)
+        return EXIT_FAILED
+    _say(f"bets: {count} | sha256: {state.digest().hex()}")
     return EXIT_DONE
 
 

@@ -1,21 +1,31 @@
-"""The agency: sends its bets to the central, says DONE, and asks for its winners.
+"""The agency: sends its bets to the central, says DONE, checks its receipt, and asks for its winners.
 
 Theory of operation. One `Agency.run()` is a whole lottery for one agency:
-1. connect (one TCP connection, TLS optional), HELLO, read WELCOME's `committed`;
-2. read the file from bet `committed + 1` and send it in batches cut by the
-   protocol's packer, keeping up to `window` batches unacknowledged; every ACK must
-   match the oldest batch in flight;
-3. once every bet handed out is acknowledged, ask the source whether it ended
+1. connect (one TCP connection, TLS optional), HELLO in version 2 (PROTOCOL.md), read
+   WELCOME's `committed` and digest(committed). A central that answers
+   UNSUPPORTED_VERSION speaks only version 1: the agency says so in one line and
+   opens a new connection with a version-1 HELLO, for the rest of the run;
+2. in version 2, read the source from its start and hash its first `committed`
+   bets while skipping them: a digest other than WELCOME's, or a source with fewer
+   bets, means the central holds something other than this source's start (another
+   agency's file, an edited row), and the run stops before sending anything
+   (`FileMismatch`);
+3. send the rest in batches cut by the protocol's packer, keeping up to `window`
+   batches unacknowledged, hashing each batch's bets from the frame that carries
+   them; every ACK must match the oldest batch in flight;
+4. once every bet handed out is acknowledged, ask the source whether it ended
    where it should (`before_done`: a file stopped at an invalid row says no, after
    every bet before that row is stored);
-4. DONE, wait for DONE_ACK, WINNERS_QUERY, and read WINNERS frames up to `final`.
-A lost connection, a refused connect, or an answer that says "retry later"
-(STORAGE_FAILED, SHUTTING_DOWN, SERVER_BUSY, TIMEOUT) starts the session again
-after a capped, jittered exponential backoff: the new WELCOME says where to resume,
-so every bet is sent and stored exactly once whatever batch size ran before.
-Two things are not retried: a host name that does not resolve before any session
-succeeded (a wrong address, not a lost session), and the wait for the draw past
-`winners_timeout`, which counts from the first WINNERS_QUERY across sessions.
+5. DONE, and DONE_ACK: in version 2 it is the receipt, which must name this
+   source's number of bets and their digest (`ReceiptMismatch` otherwise);
+6. WINNERS_QUERY, and read WINNERS frames up to `final`.
+A lost connection, a refused connect, or an error after which a new session may
+succeed (`ErrorCode.retry_in_new_session`) starts the session again after a capped,
+jittered exponential backoff: the new WELCOME says where to resume, so every bet is
+sent and stored exactly once whatever batch size ran before. Two things are not
+retried: a host name that does not resolve before any session succeeded (a wrong
+address, not a lost session), and the wait for the draw past `winners_timeout`,
+which counts from the first WINNERS_QUERY across sessions.
 
 The socket is blocking with timeouts. The client never deadlocks with the server's
 backpressure: at most `window` ACKs (11 bytes each) are ever unread, far below the
@@ -35,9 +45,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from protocol import (
-    NEED_DATA,
-    PEER_CLOSED,
+    BETS_FRAME_OVERHEAD,
     Ack,
+    AgencyDigest,
     Bet,
     Bets,
     Done,
@@ -56,14 +66,11 @@ from protocol import (
 )
 from runtime.logfmt import log_event
 
+from .receipt import digest_bets
 from .rows import BetFile
 
 log = logging.getLogger(__name__)
 
-# Errors after which a new session may succeed.
-RETRYABLE = frozenset(
-    {ErrorCode.STORAGE_FAILED, ErrorCode.SHUTTING_DOWN, ErrorCode.SERVER_BUSY, ErrorCode.TIMEOUT}
-)
 PROGRESS_EVERY = 5.0  # seconds between progress lines
 
 
@@ -85,6 +92,37 @@ class ServerNotFound(AgencyFailed):
 
 class NoDraw(AgencyFailed):
     """The draw did not happen within `winners_timeout` seconds of the first WINNERS_QUERY."""
+
+
+class FileMismatch(AgencyFailed):
+    """WELCOME's digest is not the digest of this source's first `committed` bets, or
+    the source has fewer: the central holds bets of this agency that did not come from
+    this file (another agency's file, a row edited since). Nothing was sent."""
+
+    def __init__(self, agency: int, committed: int, found: int) -> None:
+        if found < committed:
+            differs = f"this file has only {found}"
+        else:
+            differs = f"they differ from this file's first {committed}"
+        super().__init__(
+            f"the central holds {committed} bets of agency {agency} and {differs}: this is not the file "
+            f"agency {agency} sent, or it was edited since; nothing was sent"
+        )
+        self.agency = agency
+        self.committed = committed
+        self.found = found
+
+
+class ReceiptMismatch(AgencyFailed):
+    """DONE_ACK's receipt does not name this source's bets: the central says it holds
+    another number of bets, or bets with another digest, than the agency sent."""
+
+    def __init__(self, agency: int, sent: int, digest: bytes, held: int, held_digest: bytes) -> None:
+        super().__init__(
+            f"the receipt of agency {agency} does not match what it sent: the central holds {held} bets "
+            f"(sha256 {held_digest.hex()}), this file has {sent} (sha256 {digest.hex()})"
+        )
+        self.agency = agency
 
 
 class _NoAnswer(SessionLost):
@@ -110,6 +148,7 @@ class AgencyConfig:
     tls: bool = False
     tls_ca: str | None = None
     server_name: str | None = None
+    version: int = 2  # the HELLO version to start with; 1 never asks for receipts
 
 
 @dataclass
@@ -123,6 +162,8 @@ class AgencyResult:
     ingest_seconds: float  # from the start to the last bet's ACK: the rate's time
     elapsed: float  # the whole run, the wait for the draw included
     sessions: int
+    version: int = 2  # the protocol version the run ended in
+    receipt: bytes | None = None  # digest(total) as DONE_ACK confirmed it; None in version 1
 
     @property
     def sent(self) -> int:
@@ -149,7 +190,8 @@ class Agency:
     """Owns one agency's run: its bet source, its sessions, retries and progress.
 
     `bets(skip)` yields the agency's valid bets after the first `skip` (a BetFile's
-    `bets`, or any generator for benchmarks). `before_done()` runs once every bet
+    `bets`, or any generator for benchmarks); a version-2 session asks for them all
+    (skip 0), to check the first `committed` against WELCOME's digest. `before_done()` runs once every bet
     handed out is acknowledged and may raise to stop before DONE (a BetFile's
     `check_complete`). `on_ack(first, count, latency)` is called for every ACK,
     e.g. to track acknowledged bets or ACK latency. `total_rows` is the size of the
@@ -180,6 +222,8 @@ class Agency:
         self._tls = ssl.create_default_context(cafile=config.tls_ca) if config.tls else None
         self._connected_once = False
         self._draw_deadline: float | None = None
+        self._version = config.version
+        self._receipt: bytes | None = None
 
     @classmethod
     def from_file(cls, config: AgencyConfig, bet_file: BetFile, **kwargs) -> "Agency":
@@ -212,24 +256,26 @@ class Agency:
         result = AgencyResult(
             winners, progress.stored_before, self._committed, self._skipped(),
             ingest_seconds=progress.ingest_finished - progress.started, elapsed=now - progress.started,
-            sessions=attempt + 1,
+            sessions=attempt + 1, version=self._version, receipt=self._receipt,
         )
         log_event(log, logging.INFO, "consulta_ganadores", "success", cant_ganadores=len(winners))
         return result
 
     def _session(self) -> list[str]:
-        self._connect()
-        welcome = self._expect(Welcome, self.config.io_timeout)
+        welcome = self._open_session()
         self._committed = welcome.committed
         if self._progress.stored_before is None:
             self._progress.stored_before = welcome.committed
-        log_event(log, logging.DEBUG, "hello", "success", agency=self.config.agency, committed=welcome.committed)
-        self._send_bets(welcome.committed)
+        log_event(log, logging.DEBUG, "hello", "success", agency=self.config.agency, committed=welcome.committed,
+                  version=self._version)
+        ours = self._send_bets(welcome)
         self._before_done()
         if self._progress.ingest_finished is None:
             self._progress.ingest_finished = time.monotonic()
         self._send(encode(Done()))
-        self._expect(DoneAck, self.config.io_timeout)
+        done_ack = self._expect(DoneAck, self.config.io_timeout)
+        if ours is not None:
+            self._check_receipt(done_ack, ours)
         self._send(encode(WinnersQuery()))
         if self._draw_deadline is None and self.config.winners_timeout is not None:
             self._draw_deadline = time.monotonic() + self.config.winners_timeout
@@ -257,19 +303,41 @@ class Agency:
         return NoDraw(f"no draw within {self.config.winners_timeout:g} s of asking for the winners; "
                       "the central draws once every agency is done (a rerun asks again)")
 
-    def _send_bets(self, committed: int) -> None:
+    def _send_bets(self, welcome: Welcome) -> AgencyDigest | None:
+        """Sends the bets after WELCOME's `committed`; in version 2, first checks the
+        ones before against WELCOME's digest, and returns the digest of them all."""
+        committed = welcome.committed
+        ours = None if welcome.digest is None else AgencyDigest()
         first = committed + 1
         in_flight: deque[_Flight] = deque()
-        with closing(self._bets(committed)) as bets:  # the file closes here, whatever happens
+        # The file closes here, whatever happens. In version 2 it is read from its start:
+        # the bets before `committed` are hashed as they are skipped, which the reading
+        # did anyway (rows are numbered by parsing them).
+        with closing(self._bets(committed if ours is None else 0)) as bets:
+            if ours is not None:
+                found = digest_bets(ours, bets, committed)
+                if found < committed or ours.digest() != welcome.digest:
+                    raise FileMismatch(self.config.agency, committed, found)
             for batch in pack_batches(bets, self.config.max_amount):
                 if len(in_flight) >= self.config.window:
                     self._acknowledge(in_flight.popleft())
-                self._send(encode(Bets(first, tuple(batch))))
+                frame = encode(Bets(first, tuple(batch)))
+                self._send(frame)
+                if ours is not None:
+                    # The frame's bets, exactly as encoded after `first` and `count`: hashed once, not encoded again.
+                    ours.extend(memoryview(frame)[BETS_FRAME_OVERHEAD:], len(batch))
                 log_event(log, logging.DEBUG, "apuesta_enviada", "success", cantidad=len(batch))
                 in_flight.append(_Flight(first, len(batch), time.monotonic()))
                 first += len(batch)
         while in_flight:
             self._acknowledge(in_flight.popleft())
+        return ours
+
+    def _check_receipt(self, done_ack: DoneAck, ours: AgencyDigest) -> None:
+        """DONE_ACK of version 2 is the receipt: the central's count and digest must be this source's."""
+        if (done_ack.committed, done_ack.digest) != (ours.n, ours.digest()):
+            raise ReceiptMismatch(self.config.agency, ours.n, ours.digest(), done_ack.committed, done_ack.digest)
+        self._receipt = done_ack.digest
 
     def _acknowledge(self, flight: _Flight) -> None:
         ack = self._expect(Ack, self.config.io_timeout)
@@ -320,9 +388,24 @@ class Agency:
                     raise AgencyFailed(f"TLS: {error.verify_message}") from None
                 raise SessionLost(f"TLS handshake failed: {error}") from None
         self._sock = sock
-        self._decoder = FrameDecoder(Role.CLIENT)
+        self._decoder = FrameDecoder(Role.CLIENT, version=self._version)
         log_event(log, logging.DEBUG, "connect", "success", server=f"{config.host}:{config.port}")
-        self._send(encode(Hello(agency=config.agency, token=config.token)))
+        self._send(encode(Hello(agency=config.agency, token=config.token, version=self._version)))
+
+    def _open_session(self) -> Welcome:
+        """Connects, says HELLO and returns WELCOME. A central that does not speak the
+        version asked for answers UNSUPPORTED_VERSION and closes (PROTOCOL.md version 2):
+        then a new connection asks in version 1, and so does the rest of the run."""
+        self._connect()
+        answer = self._next_message(self.config.io_timeout)
+        if self._version > 1 and isinstance(answer, Error) and answer.code is ErrorCode.UNSUPPORTED_VERSION:
+            log_event(log, logging.INFO, "version_protocolo", "success", agency=self.config.agency, version=1,
+                      reason=f"the central does not speak version {self._version}: no receipts in this run")
+            self._version = 1
+            self._close()
+            self._connect()
+            answer = self._next_message(self.config.io_timeout)
+        return self._accept(Welcome, answer)
 
     def _send(self, data: bytes) -> None:
         try:
@@ -333,32 +416,35 @@ class Agency:
 
     def _expect(self, kind: type, timeout: float | None):
         """The next server message, which must be a `kind`; errors become exceptions."""
-        message = self._next_message(timeout)
+        return self._accept(kind, self._next_message(timeout))
+
+    def _accept(self, kind: type, message):
+        """`message` if it is a `kind`; an ERROR is a lost session when a new one may
+        succeed (the protocol's rule, `ErrorCode.retry_in_new_session`), else the end."""
         if isinstance(message, kind):
             return message
         if isinstance(message, Error):
             code = message.code
             where = f" (batch {message.first})" if message.first else ""
             text = f"server answered {getattr(code, 'name', code)}{where}: {message.message}"
-            if code in RETRYABLE:
+            if getattr(code, "retry_in_new_session", False):  # a code from a later version is never retried
                 raise SessionLost(text)
-            if code is ErrorCode.SEQUENCE_GAP:
-                raise SessionLost(text)  # resynchronise from WELCOME
             raise AgencyFailed(text)
         raise AgencyFailed(f"expected {kind.__name__}, server sent {message!r}")
 
     def _next_message(self, timeout: float | None):
         decoder = self._decoder
         try:
-            while True:
-                message = decoder.next_message()
-                if message is PEER_CLOSED:
+            while (message := next(decoder.messages(), None)) is None:
+                if decoder.peer_closed:
                     raise SessionLost("the server closed the connection")
-                if message is not NEED_DATA:
-                    return message
                 self._sock.settimeout(timeout)
                 data = self._sock.recv(65536)
+                if not data and decoder.inside_frame:
+                    # A central killed while sending: a crash to resume from, not a broken protocol.
+                    raise SessionLost("the server closed the connection in the middle of a frame")
                 decoder.receive_data(data)
+            return message
         except ProtocolError as error:
             raise AgencyFailed(f"the server broke the protocol: {error}") from None
         except socket.timeout:

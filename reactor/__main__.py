@@ -281,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands.export(argv[1:], OPTIONS)
     if argv and argv[0] == "stats":
         return commands.stats(argv[1:], OPTIONS)
+    if argv and argv[0] == "audit":
+        from . import audit  # a command of its own: serving never loads it
+
+        return audit.main(argv[1:], OPTIONS)
     return serve(argv)
 
 

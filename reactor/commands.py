@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from protocol import BLOCK_BETS, AgencyDigest
 from runtime.settings import EXIT_CONFIG, Option, __version__, load_settings, program_name
 
 from .status import DrawFigures, build_status
@@ -145,7 +144,7 @@ def stats_document(store: Store) -> dict:
         record = store.lottery()
         draw = store.draw()
         winners = store.winners() if draw is not None and draw.finished else None
-        digests = {number: _digest(store, number, state) for number, state in agencies.items()}
+        digests = {number: state.digest for number, state in agencies.items() if state.digest is not None}
     revealed = record.seed if record is not None and draw is not None else None
     return build_status(
         version=__version__,
@@ -156,17 +155,6 @@ def stats_document(store: Store) -> dict:
         draw=DrawFigures.of(draw, winners, record.commitment if record else None, revealed),
         digests=digests,
     )
-
-
-def _digest(store: Store, agency: int, state) -> bytes:
-    """digest(committed) as the central keeps it: the finished blocks' hashes and the
-    unfinished block's bets (`audit` recomputes it from every row instead)."""
-    tail = state.committed % BLOCK_BETS
-    bets = store.tail_bets(agency, state.tail_rowid, tail) if tail else []
-    try:
-        return AgencyDigest.resume(state.committed, state.blocks, bets).digest()
-    except ValueError as error:
-        raise CommandError(f"agency {agency}'s digest state is damaged ({error}); run audit", EXIT_FAILED) from None
 
 
 def _open_existing(path: str) -> Store:

@@ -217,12 +217,16 @@ class EventLoop:
         while self._running:
             self.run_once()
 
-    def run_once(self) -> None:
-        timeout = None
+    def run_once(self, max_wait: float | None = None) -> None:
+        """One turn; `max_wait` bounds the wait in `select` (a test's fake clock may be
+        far from its next timer)."""
+        timeout = max_wait
         if self._ready or self._declined:
             timeout = 0.0
         elif self._timers:
             timeout = max(0.0, self._timers[0][0] - self.time())
+            if max_wait is not None:
+                timeout = min(timeout, max_wait)
         events = self.selector.select(timeout)
         started = self.time()
 

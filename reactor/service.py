@@ -363,7 +363,8 @@ class Lottery:
         for account in self._touched:
             new_blocks = account.digest.completed_blocks(account.committed // BLOCK_BETS)
             try:
-                self.store.stage_agency(account.number, account.staged, new_blocks, account.tail_rowid)
+                self.store.stage_agency(account.number, account.staged, new_blocks, account.tail_rowid,
+                                        account.digest.digest())
             except StorageError as error:
                 self._storage_failed(error)
                 self._lose_turn("the store could not record an agency's progress")
@@ -448,6 +449,11 @@ class Lottery:
                     account.digest = AgencyDigest.resume(state.committed, state.blocks, bets)
                 except ValueError as error:
                     raise DatabaseUnusable(f"database {self.store.path}: agency {number}'s digest: {error}") from None
+                if state.digest is not None and account.digest.digest() != state.digest:
+                    raise DatabaseUnusable(
+                        f"database {self.store.path}: agency {number}'s bets no longer give the receipt it was "
+                        "handed (a stored bet was changed): run python -m reactor audit"
+                    )
         if self.record.commitment:
             log_event(log, logging.INFO, "draw_commitment", "success", commitment=self.record.commitment)
         log_event(

@@ -74,7 +74,8 @@ CREATE TABLE IF NOT EXISTS agencies (
     committed  INTEGER NOT NULL DEFAULT 0,
     done       INTEGER NOT NULL DEFAULT 0,
     blocks     BLOB NOT NULL DEFAULT x'',  -- H_1 || H_2 || ... of the agency digest's finished blocks
-    tail_rowid INTEGER                     -- rowid of the first bet of the unfinished block
+    tail_rowid INTEGER,                    -- rowid of the first bet of the unfinished block
+    digest     BLOB                        -- digest(committed): the receipt, as the central hands it out
 );
 CREATE TABLE IF NOT EXISTS draw (
     id             INTEGER PRIMARY KEY CHECK (id = 1),
@@ -101,7 +102,7 @@ CREATE TABLE IF NOT EXISTS lottery (
 # The columns of each table, as SCHEMA makes them: what a database must have to be ours.
 _COLUMNS = {
     "bets": ("agency", "first_name", "last_name", "document", "birthdate", "number"),
-    "agencies": ("agency", "committed", "done", "blocks", "tail_rowid"),
+    "agencies": ("agency", "committed", "done", "blocks", "tail_rowid", "digest"),
     "draw": ("id", "winning_number", "drawn_at", "scanned_to", "last_rowid", "finished"),
     "winners": ("bet_rowid", "agency", "document"),
     "lottery": ("id", "agencies", "winning_number", "created_at", "seed", "commitment"),
@@ -146,6 +147,7 @@ class AgencyState:
     done: bool
     blocks: bytes = b""  # the finished blocks' H_i
     tail_rowid: int | None = None  # where the unfinished block's bets start
+    digest: bytes | None = None  # digest(committed), as handed out
 
 
 @dataclass(frozen=True)
@@ -264,8 +266,9 @@ class Store:
 
     # --- reading ------------------------------------------------------------------
     def agencies(self) -> dict[int, AgencyState]:
-        rows = self._db.execute("SELECT agency, committed, done, blocks, tail_rowid FROM agencies")
-        return {row[0]: AgencyState(row[1], bool(row[2]), bytes(row[3]), row[4]) for row in rows}
+        rows = self._db.execute("SELECT agency, committed, done, blocks, tail_rowid, digest FROM agencies")
+        return {row[0]: AgencyState(row[1], bool(row[2]), bytes(row[3]), row[4], row[5] and bytes(row[5]))
+                for row in rows}
 
     @contextlib.contextmanager
     def snapshot(self):
@@ -354,18 +357,20 @@ class Store:
             self._rows_since_checkpoint += len(bets)
         return first_rowid
 
-    def stage_agency(self, agency: int, committed: int, new_blocks: bytes, tail_rowid: int | None) -> None:
+    def stage_agency(self, agency: int, committed: int, new_blocks: bytes, tail_rowid: int | None,
+                     digest: bytes | None = None) -> None:
         """Sets the agency's `committed` and its digest's state: `new_blocks` are the H_i
         of the blocks finished since it was last set, `tail_rowid` where the unfinished
-        block starts (None: where it started before). Once a turn per agency that
-        stored bets, beside them in the same transaction."""
+        block starts (None: where it started before), `digest` digest(committed), the
+        receipt (it also covers the unfinished block, which no H_i does yet). Once a
+        turn per agency that stored bets, beside them in the same transaction."""
         with self._piece():
             # || makes TEXT of two BLOBs, byte for byte; the CAST makes it a BLOB again.
             self._db.execute(
-                "INSERT INTO agencies (agency, committed, blocks, tail_rowid) VALUES (?1, ?2, ?3, ?4) "
+                "INSERT INTO agencies (agency, committed, blocks, tail_rowid, digest) VALUES (?1, ?2, ?3, ?4, ?5) "
                 "ON CONFLICT (agency) DO UPDATE SET committed = ?2, blocks = CAST(blocks || ?3 AS BLOB), "
-                "tail_rowid = COALESCE(?4, tail_rowid)",
-                (agency, committed, new_blocks, tail_rowid),
+                "tail_rowid = COALESCE(?4, tail_rowid), digest = ?5",
+                (agency, committed, new_blocks, tail_rowid, digest),
             )
 
     def stage_done(self, agency: int) -> None:

@@ -47,15 +47,19 @@ class InProcessCentral:
         self.loop.set_end_of_turn(self.end_of_turn)
         self.port = self.server.port
 
+    # A turn waits at most WAIT for the sockets: the fake clock never brings a timer
+    # closer, and a test waiting for something that does not come must end.
+    WAIT = 0.05
+
     def turn(self, count: int = 1) -> None:
         for _ in range(count):
-            self.loop.run_once()
+            self.loop.run_once(self.WAIT)
 
     def turn_until(self, predicate, turns: int = 2000) -> bool:
         for _ in range(turns):
             if predicate():
                 return True
-            self.loop.run_once()
+            self.loop.run_once(self.WAIT)
         return predicate()
 
     def peer(self) -> "LoopPeer":

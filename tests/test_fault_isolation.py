@@ -242,7 +242,7 @@ def test_a_steady_pipelined_stream_is_never_cut_by_the_frame_deadline(tmp_path):
             peer._pump()
             assert not any(isinstance(m, p.Error) for m in peer.messages), peer.messages
             acked = len(peer.messages)
-        assert central.turn_until(lambda: (peer._pump(), len(peer.messages) == 59)[1])
+        assert central.turn_until(lambda: (peer._pump(), len(peer.messages) == 60)[1])
         assert acked > 0
     finally:
         central.close()
