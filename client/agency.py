@@ -266,8 +266,10 @@ class Agency:
         self._committed = welcome.committed
         if self._progress.stored_before is None:
             self._progress.stored_before = welcome.committed
-        log_event(log, logging.DEBUG, "hello", "success", agency=self.config.agency, committed=welcome.committed,
-                  version=self._version)
+        # Connected, and where this session resumes: the central holds bets 1..committed.
+        log_event(log, logging.INFO, "sesion", "success", agency=self.config.agency,
+                  server=f"{self.config.host}:{self.config.port}", version=self._version,
+                  almacenadas=welcome.committed, reanuda_en=welcome.committed + 1)
         ours = self._send_bets(welcome)
         self._before_done()
         if self._progress.ingest_finished is None:
@@ -276,6 +278,8 @@ class Agency:
         done_ack = self._expect(DoneAck, self.config.io_timeout)
         if ours is not None:
             self._check_receipt(done_ack, ours)
+        log_event(log, logging.INFO, "envio_terminado", "success", agency=self.config.agency,
+                  almacenadas=self._committed)
         self._send(encode(WinnersQuery()))
         if self._draw_deadline is None and self.config.winners_timeout is not None:
             self._draw_deadline = time.monotonic() + self.config.winners_timeout

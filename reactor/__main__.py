@@ -52,8 +52,10 @@ each agency's winners. One thread, one process, a selectors loop.
 
 Other commands (add --help to one for its own):
   export --csv OUT   write every bet as agency,first_name,last_name,document,birthdate,number
-  stats              print agencies, totals and the draw as JSON
-Both read the database the settings below name (--db, SERVER_DB, [server] db).
+  stats              print the status document as JSON: agencies, receipts, totals, the draw
+  audit [--json]     check the whole database: integrity, counts, bets, digests, winners, draw
+All three read the database the settings below name (--db, SERVER_DB, [server] db),
+read-only, also while a central serves from it.
 
 The admin listener (--admin-port, 127.0.0.1:12346 by default) serves GET /livez,
 /readyz, /metrics (Prometheus), /status.json and / (a live status page).
