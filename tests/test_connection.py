@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import selectors
 import socket
+from contextlib import contextmanager
+from typing import Callable, NamedTuple
 
 import pytest
 
 import protocol as p
 from reactor import connection as conn_module
 from reactor import session as session_module
-from reactor.connection import Connection, ConnectionLimits, IllegalTransition, State, TurnBudget
+from reactor.connection import Connection, ConnectionLimits, State, TurnBudget
 from reactor.loop import EventLoop
 from reactor.service import Lottery, LotteryConfig
 from reactor.session import SessionState
@@ -182,6 +184,14 @@ def identified(rig: Rig) -> None:
     assert rig.handler.messages == [p.Hello(1)]
 
 
+def expires_exactly(rig: Rig, seconds: float, what: str) -> None:
+    """No deadline passes a hair before `seconds` (after the start); `what` passes a hair after."""
+    rig.at(seconds - HAIR)
+    assert rig.handler.timeouts() == []
+    rig.at(seconds + HAIR)
+    assert rig.handler.timeouts() == [what]
+
+
 # --- deadlines ----------------------------------------------------------------------------
 def test_the_handshake_deadline_is_exact(rig):
     rig.at(5 - HAIR)
@@ -196,10 +206,7 @@ def test_bytes_of_an_unfinished_hello_do_not_move_the_handshake_deadline(rig):
     for second in range(1, 5):
         rig.at(second)
         rig.send(HELLO[second - 1 : second])  # a byte a second: progress to no one
-    rig.at(5 - HAIR)
-    assert rig.handler.timeouts() == []
-    rig.at(5 + HAIR)
-    assert rig.handler.timeouts() == ["handshake"]
+    expires_exactly(rig, 5, "handshake")
 
 
 def test_the_idle_deadline_is_exact_and_a_message_in_or_bytes_out_restart_it(rig):
@@ -237,10 +244,7 @@ def test_the_frame_deadline_is_exact_whatever_bytes_trickle_in(rig):
     for second in range(2, 11):
         rig.at(second)
         rig.send(BETS[second + 2 : second + 3])  # a byte a second: the frame still is not done
-    rig.at(11 - HAIR)
-    assert rig.handler.timeouts() == []
-    rig.at(11 + HAIR)
-    assert rig.handler.timeouts() == ["frame"]
+    expires_exactly(rig, 11, "frame")
     assert rig.handler.messages == [p.Hello(1)]
 
 
@@ -263,10 +267,7 @@ def test_the_frame_clock_does_not_run_while_the_handler_holds_reading(rig):
     rig.handler.on_message = None
     rig.connection.release_reading()
     rig.turn(2)  # the frame clock starts again now that the half frame is read: at 10,000
-    rig.at(10_010 - HAIR)
-    assert rig.handler.timeouts() == []
-    rig.at(10_010 + HAIR)
-    assert rig.handler.timeouts() == ["frame"]
+    expires_exactly(rig, 10_010, "frame")
 
 
 def test_the_frame_clock_does_not_run_while_the_peer_does_not_read_our_answers(rig):
@@ -281,10 +282,7 @@ def test_the_frame_clock_does_not_run_while_the_peer_does_not_read_our_answers(r
     rig.turn(2)
     assert rig.received() == b"x" * (LIMITS.high_water + 1)
     assert rig.reading  # and the frame clock starts again: at 30
-    rig.at(40 - HAIR)
-    assert rig.handler.timeouts() == []
-    rig.at(40 + HAIR)
-    assert rig.handler.timeouts() == ["frame"]
+    expires_exactly(rig, 40, "frame")
 
 
 # --- the send buffer's water marks ---------------------------------------------------------
@@ -441,7 +439,7 @@ def test_abort_drops_the_queue_and_closes_now_once(rig):
     assert not rig.reading
 
 
-# --- the lifecycle table ----------------------------------------------------------------------
+# --- the connection's lifecycle ----------------------------------------------------------------------
 def _eof(rig: Rig) -> None:
     rig.peer.shutdown(socket.SHUT_WR)
     rig.turn()
@@ -494,43 +492,6 @@ CONNECTION_MOVES = {
     (State.CLOSING, State.CLOSED): _linger_passes,
     (State.LINGERING, State.CLOSED): _peer_closes,
 }
-
-
-def test_the_connection_table_is_the_documented_lifecycle():
-    table = {(old, new) for old, targets in conn_module._TRANSITIONS.items() for new in targets}
-    assert table == set(CONNECTION_MOVES)
-    assert set(conn_module._TRANSITIONS) == set(State)
-
-
-@pytest.mark.parametrize("move", list(CONNECTION_MOVES), ids=lambda move: f"{move[0].name}->{move[1].name}")
-def test_each_allowed_connection_move_is_made_by_a_public_call(move):
-    old, new = move
-    rig = Rig()
-    try:
-        for step in REACH[old]:
-            step(rig)
-        assert rig.connection.state is old
-        CONNECTION_MOVES[move](rig)
-        assert rig.connection.state is new
-    finally:
-        rig.close()
-
-
-ILLEGAL_CONNECTION_MOVES = [(old, new) for old in State for new in State if (old, new) not in CONNECTION_MOVES]
-
-
-@pytest.mark.parametrize("move", ILLEGAL_CONNECTION_MOVES, ids=lambda move: f"{move[0].name}->{move[1].name}")
-def test_every_other_connection_move_raises_illegal_transition(move):
-    old, new = move
-    rig = Rig()
-    try:
-        for step in REACH[old]:
-            step(rig)
-        with pytest.raises(IllegalTransition):
-            rig.connection._move(new)  # what a bug in the connection would do
-        assert rig.connection.state is old
-    finally:
-        rig.close()
 
 
 # --- the session's table --------------------------------------------------------------------------
@@ -610,41 +571,72 @@ SESSION_MOVES = {
 }
 
 
-def test_the_session_table_is_the_documented_lifecycle():
-    table = {(old, new) for old, targets in session_module._TRANSITIONS.items() for new in targets}
-    assert table == set(SESSION_MOVES)
-    assert set(session_module._TRANSITIONS) == set(SessionState)
+# --- both tables, through the public API ------------------------------------------------------------
+class Lifecycle(NamedTuple):
+    """A state machine under test: its module (`_TRANSITIONS`, `IllegalTransition`), its
+    states, a rig holding a new one, how to reach each state, and every allowed move."""
+
+    module: object
+    states: type
+    make_rig: Callable
+    machine: Callable  # rig -> the object whose state moves
+    reach: dict
+    moves: dict
 
 
-@pytest.mark.parametrize("move", list(SESSION_MOVES), ids=lambda move: f"{move[0].name}->{move[1].name}")
-def test_each_allowed_session_move_is_made_by_a_public_call(move):
-    old, new = move
-    rig = SessionRig()
+LIFECYCLES = {
+    "connection": Lifecycle(conn_module, State, Rig, lambda rig: rig.connection, REACH, CONNECTION_MOVES),
+    "session": Lifecycle(session_module, SessionState, SessionRig, lambda rig: rig.session, SESSION_REACH,
+                         SESSION_MOVES),
+}
+ALLOWED = [(name, move) for name, life in LIFECYCLES.items() for move in life.moves]
+ILLEGAL = [(name, (old, new)) for name, life in LIFECYCLES.items()
+           for old in life.states for new in life.states if (old, new) not in life.moves]
+
+
+def _case_id(case) -> str:
+    name, (old, new) = case
+    return f"{name}:{old.name}->{new.name}"
+
+
+@pytest.mark.parametrize("name", list(LIFECYCLES))
+def test_the_table_is_the_documented_lifecycle(name):
+    life = LIFECYCLES[name]
+    table = {(old, new) for old, targets in life.module._TRANSITIONS.items() for new in targets}
+    assert table == set(life.moves)
+    assert set(life.module._TRANSITIONS) == set(life.states)
+
+
+@contextmanager
+def reached(life: Lifecycle, state):
+    """A new rig whose machine public calls brought to `state`."""
+    rig = life.make_rig()
     try:
-        for step in SESSION_REACH[old]:
+        for step in life.reach[state]:
             step(rig)
-        assert rig.session.state is old
-        SESSION_MOVES[move](rig)
-        assert rig.session.state is new
+        assert life.machine(rig).state is state
+        yield rig
     finally:
         rig.close()
 
 
-ILLEGAL_SESSION_MOVES = [(old, new) for old in S for new in S if (old, new) not in SESSION_MOVES]
+@pytest.mark.parametrize("case", ALLOWED, ids=_case_id)
+def test_each_allowed_move_is_made_by_a_public_call(case):
+    name, (old, new) = case
+    life = LIFECYCLES[name]
+    with reached(life, old) as rig:
+        life.moves[old, new](rig)
+        assert life.machine(rig).state is new
 
 
-@pytest.mark.parametrize("move", ILLEGAL_SESSION_MOVES, ids=lambda move: f"{move[0].name}->{move[1].name}")
-def test_every_other_session_move_raises_illegal_transition(move):
-    old, new = move
-    rig = SessionRig()
-    try:
-        for step in SESSION_REACH[old]:
-            step(rig)
-        with pytest.raises(session_module.IllegalTransition):
-            rig.session._move(new)  # what a bug in the session would do
-        assert rig.session.state is old
-    finally:
-        rig.close()
+@pytest.mark.parametrize("case", ILLEGAL, ids=_case_id)
+def test_every_other_move_raises_illegal_transition(case):
+    name, (old, new) = case
+    life = LIFECYCLES[name]
+    with reached(life, old) as rig:
+        with pytest.raises(life.module.IllegalTransition):
+            life.machine(rig)._move(new)  # what a bug inside it would do
+        assert life.machine(rig).state is old
 
 
 def test_a_connection_lost_twice_is_a_callers_bug():
