@@ -242,6 +242,15 @@ def file_rows(path: Path) -> list[list[str]]:
     return [line.split(",") for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def assert_files_stored_once_in_order(db: Path, files: list[Path]) -> dict[int, list[list[str]]]:
+    """Every row of agency N's file (files[N-1]) is stored once, in file order, and no other
+    row of that agency; returns what is stored."""
+    stored = rows_by_agency(db)
+    for agency, path in enumerate(files, start=1):
+        assert stored.get(agency, []) == file_rows(path), f"agency {agency}"
+    return stored
+
+
 # --- agencies on threads ----------------------------------------------------------------------
 class AckTracker:
     """The highest bet each agency had acknowledged, as the client library reports it

@@ -19,7 +19,7 @@ import pytest
 
 from datagen import write_dataset
 from tests.conftest import LONG
-from tests.harness import AckTracker, AgencyRuns, ServerProcess, file_rows, rows_by_agency, wait_until
+from tests.harness import AckTracker, AgencyRuns, ServerProcess, assert_files_stored_once_in_order, wait_until
 
 BETS, KILLS = (400_000, 24) if LONG else (60_000, 4)
 
@@ -66,9 +66,8 @@ def test_random_kills_lose_nothing_acknowledged_and_store_everything_once(tmp_pa
         server.stop()
     print(f"{kills} kills; acknowledged {acks.total()} of {sum(dataset.rows)} bets")
     assert kills == KILLS
-    stored = rows_by_agency(db)
-    for agency, path in enumerate(dataset.files, start=1):
-        assert stored[agency] == file_rows(path)
+    assert_files_stored_once_in_order(db, dataset.files)
+    for agency in results:
         assert results[agency].winners == dataset.winners[agency]
 
 
@@ -84,8 +83,7 @@ def test_random_faults_inside_turns_lose_nothing_acknowledged_and_store_everythi
         faults = len(server.log_lines("fault", "fail")) + len(server.log_lines("store", "fail"))
         assert faults >= 5, "the profile injected too few faults to prove anything"
         assert server.proc.poll() is None
-    stored = rows_by_agency(db)
+    stored = assert_files_stored_once_in_order(db, dataset.files)
     assert all(len(stored[a]) >= n for a, n in acks.acked.items())
-    for agency, path in enumerate(dataset.files, start=1):
-        assert stored[agency] == file_rows(path)
+    for agency in results:
         assert results[agency].winners == dataset.winners[agency]

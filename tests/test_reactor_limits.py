@@ -23,8 +23,8 @@ from tests.harness import (
     AgencyRuns,
     Peer,
     ServerProcess,
+    assert_files_stored_once_in_order,
     bets,
-    file_rows,
     rows_by_agency,
     stored_rows,
     wait_until,
@@ -210,9 +210,7 @@ def test_sigterm_drains_answers_then_shutting_down_and_loses_nothing_acknowledge
         agencies.join(120)
     finally:
         server.stop()
-    stored = rows_by_agency(db)
-    for agency, path in enumerate(dataset.files, start=1):
-        assert stored[agency] == file_rows(path)
+    assert_files_stored_once_in_order(db, dataset.files)
 
 
 def test_storage_failed_stores_nothing_keeps_serving_and_the_client_completes(tmp_path):

@@ -13,7 +13,15 @@ import pytest
 import protocol as p
 from datagen import write_dataset
 from tests.conftest import SHARED_DATASET
-from tests.harness import ROOT, Peer, ServerProcess, bets, exported_rows, file_rows, rows_by_agency, run_agencies
+from tests.harness import (
+    ROOT,
+    Peer,
+    ServerProcess,
+    assert_files_stored_once_in_order,
+    bets,
+    exported_rows,
+    run_agencies,
+)
 
 
 @pytest.mark.parametrize("agencies", [5, 3])
@@ -26,9 +34,7 @@ def test_course_scenario_each_agency_gets_exactly_its_winners(tmp_path, agencies
     assert len(server.log_lines("sorteo", "success")) == 1
     assert sum(server.stored_counts()) == sum(dataset.rows)
     assert server.log_lines("apuesta_recibida", "fail") == []
-    stored = rows_by_agency(tmp_path / "bets.db")
-    for agency, path in enumerate(dataset.files, start=1):
-        assert stored[agency] == file_rows(path)
+    assert_files_stored_once_in_order(tmp_path / "bets.db", dataset.files)
     assert all(" | result: fail" not in line for line in server.lines)
 
 
