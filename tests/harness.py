@@ -4,7 +4,8 @@
   agencies run with the client library on threads (`AgencyRuns`, `run_agencies`) and
   what they had acknowledged (`AckTracker`);
 - bets and frames to send (`BET`, `bets`, `raw_bet`, `bets_payload`, `raw_frame`), agency
-  files and what the central stored of them (`write_rows`, `file_rows`, `stored_rows`);
+  files and what the central stored of them (`write_rows`, `file_rows`, `exported_rows`,
+  `stored_rows`, `rows_by_agency`, `assert_files_stored_once_in_order`);
 - the loop and connection the lottery service runs on, as fakes the test turns
   (`FakeLoop`, `FakeConnection`);
 - the environment a child Python needs (`env_for`) and the one error line a command ends with.
