@@ -8,7 +8,8 @@
   `stored_rows`, `rows_by_agency`, `assert_files_stored_once_in_order`);
 - the loop and connection the lottery service runs on, as fakes the test turns
   (`FakeLoop`, `FakeConnection`);
-- the environment a child Python needs (`env_for`) and the one error line a command ends with.
+- the environment a child Python needs (`env_for`), one a child `make` may have
+  (`env_without_make`), and the one error line a command ends with.
 
 /proc readers come from bench/proc.py (`status_kb`, `fd_count`, `cpu_seconds`).
 """
@@ -382,6 +383,13 @@ class FakeConnection:
 def env_for(**extra: str) -> dict[str, str]:
     """The environment a child `python -m ...` of this repository needs, plus `extra`."""
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def env_without_make() -> dict[str, str]:
+    """This environment less what an outer `make` hands the makes it starts: MAKEFLAGS
+    carries its command-line variables, so under `make test VENV=x` a test's own
+    `make clean` would remove x."""
+    return {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
 
 
 def one_error_line(stderr: str) -> str:

@@ -21,7 +21,7 @@ import pytest
 from datagen import generate_bets, write_dataset
 from reactor.store import Store
 from runtime.settings import __version__
-from tests.harness import ROOT, ServerProcess, env_for, one_error_line, write_rows
+from tests.harness import ROOT, ServerProcess, env_for, env_without_make, one_error_line, write_rows
 
 SERVER_INI = """[server]
 host = 127.0.0.1
@@ -217,7 +217,7 @@ def test_the_makefile_writes_the_data_for_as_many_agencies_as_the_compose_file_r
     assert made.returncode == 0, made.stderr
     (tmp_path / ".data" / "agency-7.csv").mkdir(parents=True)  # what Docker leaves for a missing file
     done = subprocess.run(["make", "--no-print-directory", "compose-data", f"COMPOSE_FILE={compose}", "BETS=500"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=env_without_make(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     expected = write_dataset(tmp_path / "expected", total=500, agencies=10)
     for n in range(1, 11):
@@ -228,7 +228,8 @@ def test_make_clean_removes_build_output(tmp_path):
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     for directory in ("build/lib/reactor", "dist", "lottery_central.egg-info", ".data", "kept"):
         (tmp_path / directory).mkdir(parents=True)
-    done = subprocess.run(["make", "clean"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["make", "clean"], cwd=tmp_path, env=env_without_make(), capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile", "kept"]
 
