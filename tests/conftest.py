@@ -1,4 +1,4 @@
-"""Shared test set-up: hypothesis profiles, and the path to the real data when present."""
+"""Shared test set-up: hypothesis profiles, the long profile's switch, and the path to the real data."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_
 settings.register_profile("dev", max_examples=200, deadline=None)
 settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# `make test-long` sets LOTTERY_TEST_PROFILE=long: more kills, more bets, more random sequences.
+LONG = os.environ.get("LOTTERY_TEST_PROFILE") == "long"
 
 SHARED_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "dataset.zip"
 

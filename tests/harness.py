@@ -1,4 +1,18 @@
-"""Test harness: the real server as a subprocess, a raw protocol peer, and agency runs."""
+"""Test harness: what several test modules share, in one place.
+
+- the real server as a subprocess (`ServerProcess`), a raw protocol peer (`Peer`),
+  agencies run with the client library on threads (`AgencyRuns`, `run_agencies`) and
+  what they had acknowledged (`AckTracker`);
+- bets and frames to send (`BET`, `bets`, `raw_bet`, `bets_payload`, `raw_frame`), agency
+  files and what the central stored of them (`write_rows`, `file_rows`, `exported_rows`,
+  `stored_rows`, `rows_by_agency`, `assert_files_stored_once_in_order`);
+- the loop and connection the lottery service runs on, as fakes the test turns
+  (`FakeLoop`, `FakeConnection`);
+- the environment a child Python needs (`env_for`), one a child `make` may have
+  (`env_without_make`), and the one error line a command ends with.
+
+/proc readers come from bench/proc.py (`status_kb`, `fd_count`, `cpu_seconds`).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +29,12 @@ import time
 from pathlib import Path
 
 import protocol as p
+from bench.proc import status_kb
 from client import Agency, AgencyConfig, BetFile
+from datagen import bet_line, generate_bets
 
 ROOT = Path(__file__).resolve().parents[1]
+# The line the central prints once it listens (README, Logs), and its admin side's.
 PORT_LINE = re.compile(r"action: accept_connections \| result: in_progress \| port: (\d+)")
 ADMIN_PORT_LINE = re.compile(r"action: accept_admin_connections \| result: in_progress \| port: (\d+)")
 
@@ -40,7 +57,7 @@ class ServerProcess:
         self.admin_port = 0
 
     def start(self, timeout: float = 15.0) -> "ServerProcess":
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **self.env}
+        env = env_for(PYTHONUNBUFFERED="1", **self.env)
         limit = self.fd_limit
 
         def lower_fd_limit() -> None:
@@ -115,10 +132,9 @@ class ServerProcess:
         return [int(line.split("cantidad: ")[1].split(" ")[0]) for line in self.log_lines("apuesta_recibida", "success")]
 
     def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        rss = status_kb(self.pid, "VmRSS")
+        assert rss, "the server is gone"
+        return rss
 
     def __enter__(self) -> "ServerProcess":
         return self.start()
@@ -152,11 +168,10 @@ class Peer:
         """The next message; None when the server closed the connection."""
         self.sock.settimeout(self.timeout if timeout is None else timeout)
         while True:
-            message = self.decoder.next_message()
-            if message is p.PEER_CLOSED:
-                return None
-            if message is not p.NEED_DATA:
+            for message in self.decoder.messages():
                 return message
+            if self.decoder.peer_closed:
+                return None
             try:
                 data = self.sock.recv(65536)
             except ConnectionResetError:
@@ -170,42 +185,218 @@ class Peer:
         self.sock.close()
 
 
+# --- bets and frames ------------------------------------------------------------------
+BET = p.Bet("Ana", "Gómez", "12345678", "1990-01-01", 1)
+
+
+def bets(first: int, count: int, number: int = 1) -> p.Bets:
+    """A batch of `count` valid bets numbered from `first`; each bet's document is its number."""
+    return p.Bets(first, tuple(BET._replace(document=f"{first + i:08d}", number=number) for i in range(count)))
+
+
 def raw_frame(frame_type: int, payload: bytes, length: int | None = None) -> bytes:
+    """A frame as bytes, whatever its type and payload (`length`: a header that lies)."""
     return struct.pack(">IB", len(payload) + 1 if length is None else length, frame_type) + payload
 
 
-def run_agencies(port: int, files: dict[int, Path], **config) -> dict:
-    """Runs one Agency per file concurrently (threads, in the test process); agency -> result."""
-    results, errors = {}, {}
+def raw_bet(first_name=b"Ana", last_name=b"G", document=b"1", birthdate=b"1990-01-01", number=1) -> bytes:
+    """A bet's wire bytes, with fields no encoder would write."""
+    def s(value: bytes) -> bytes:
+        return struct.pack(">H", len(value)) + value
 
-    def one(agency: int, path: Path) -> None:
-        try:
-            results[agency] = Agency.from_file(
-                AgencyConfig(agency=agency, host="127.0.0.1", port=port, **config), BetFile(path)
-            ).run()
-        except BaseException as error:  # reported below, in the test's thread
-            errors[agency] = error
+    return s(first_name) + s(last_name) + s(document) + s(birthdate) + struct.pack(">H", number)
 
-    threads = [threading.Thread(target=one, args=item) for item in files.items()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    if errors:
-        raise AssertionError(f"agencies failed: {errors}")
-    return results
+
+def bets_payload(first: int, count: int, *bet_bytes: bytes) -> bytes:
+    """A BETS payload around raw bets (`count` may differ from how many there are)."""
+    return struct.pack(">IH", first, count) + b"".join(bet_bytes)
+
+
+# --- agency files and what the central stored -------------------------------------------------
+def write_rows(path: Path, rows: int, agency: int = 1, seed: int = 1) -> Path:
+    """An agency file of `rows` generated valid bets."""
+    path.write_text("".join(bet_line(b) for b in generate_bets(agency, rows, seed)), encoding="utf-8", newline="")
+    return path
 
 
 def exported_rows(db: Path) -> list[list[str]]:
     out = subprocess.run(
         [sys.executable, "-m", "reactor", "export", "--db", str(db), "--csv", "-"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True,
+        cwd=ROOT, env=env_for(), capture_output=True, text=True, check=True,
     ).stdout
     return [line.split(",") for line in out.splitlines()]
 
 
+def stored_rows(db: Path, agency: int = 1) -> list[list[str]]:
+    """The rows the central stored for `agency`, in its file's column order."""
+    return rows_by_agency(db).get(agency, [])
+
+
+def rows_by_agency(db: Path) -> dict[int, list[list[str]]]:
+    """Every agency's stored rows, in its file's column order (one export)."""
+    rows: dict[int, list[list[str]]] = {}
+    for row in exported_rows(db):
+        rows.setdefault(int(row[0]), []).append(row[1:])
+    return rows
+
+
 def file_rows(path: Path) -> list[list[str]]:
     return [line.split(",") for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def assert_files_stored_once_in_order(db: Path, files: list[Path]) -> dict[int, list[list[str]]]:
+    """Every row of agency N's file (files[N-1]) is stored once, in file order, and no other
+    row of that agency; returns what is stored."""
+    stored = rows_by_agency(db)
+    for agency, path in enumerate(files, start=1):
+        assert stored.get(agency, []) == file_rows(path), f"agency {agency}"
+    return stored
+
+
+# --- agencies on threads ----------------------------------------------------------------------
+class AckTracker:
+    """The highest bet each agency had acknowledged, as the client library reports it
+    (`on_ack`) from the agencies' threads. Hold `lock` to keep it still."""
+
+    def __init__(self, agencies) -> None:
+        self.acked = dict.fromkeys(agencies, 0)
+        self.lock = threading.Lock()
+
+    def on_ack(self, agency: int):
+        def record(first: int, count: int, latency: float) -> None:
+            with self.lock:
+                self.acked[agency] = max(self.acked[agency], first + count - 1)
+        return record
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.acked.values())
+
+    def least(self) -> int:
+        with self.lock:
+            return min(self.acked.values())
+
+
+class AgencyRuns:
+    """One `Agency` a file, each on its own thread of the test's process, started at once.
+
+    `per_agency[n]` adds settings for agency n to the shared `config`; `acks` hears
+    every ACK. `results` and `errors` fill in as agencies end.
+    """
+
+    def __init__(self, port: int, files: dict[int, Path], acks: AckTracker | None = None,
+                 per_agency: dict[int, dict] | None = None, **config) -> None:
+        self.results: dict = {}
+        self.errors: dict[int, BaseException] = {}
+
+        def one(agency: int, path: Path) -> None:
+            settings = AgencyConfig(agency=agency, host="127.0.0.1", port=port,
+                                    **{**config, **(per_agency or {}).get(agency, {})})
+            try:
+                self.results[agency] = Agency.from_file(
+                    settings, BetFile(path), on_ack=acks.on_ack(agency) if acks else None
+                ).run()
+            except BaseException as error:  # reported in the test's thread
+                self.errors[agency] = error
+
+        self.threads = [threading.Thread(target=one, args=item, daemon=True) for item in files.items()]
+        for thread in self.threads:
+            thread.start()
+
+    def join(self, timeout: float = 300) -> dict:
+        """Every agency's result; fails on the first agency that failed or did not end."""
+        for thread in self.threads:
+            thread.join(timeout)
+        if self.errors:
+            raise AssertionError(f"agencies failed: {self.errors}")
+        assert not any(thread.is_alive() for thread in self.threads), "agencies still running"
+        return self.results
+
+
+def run_agencies(port: int, files: dict[int, Path], **config) -> dict:
+    """Runs one Agency per file concurrently (threads, in the test process); agency -> result."""
+    return AgencyRuns(port, files, **config).join()
+
+
+# --- the service's loop and connection, turned by the test ---------------------------------------
+class FakeLoop:
+    """The loop as the lottery service sees it: callbacks and timers wait in `ready`
+    until the test runs them (`run_ready`); time stands still."""
+
+    def __init__(self) -> None:
+        self.ready = []
+
+    def call_soon(self, callback, *args) -> None:
+        self.ready.append((callback, args))
+
+    def call_later(self, delay, callback, *args) -> None:
+        self.call_soon(callback, *args)
+
+    def call_at(self, when, callback, *args) -> None:
+        self.call_soon(callback, *args)
+
+    @staticmethod
+    def time() -> float:
+        return 0.0
+
+    @staticmethod
+    def isolate(owner, callback, *args):
+        return callback(*args)
+
+    def run_ready(self) -> None:
+        """Runs what was ready; what those callbacks schedule waits for the next call."""
+        ready, self.ready = self.ready, []
+        for callback, args in ready:
+            callback(*args)
+
+
+class FakeConnection:
+    """A session's transport that decodes what the session writes (`replies()`) and
+    records holds and the close; writing after the close is a bug."""
+
+    peer = "test"
+
+    def __init__(self) -> None:
+        self.decoder = p.FrameDecoder(p.Role.CLIENT)
+        self.held = False
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.decoder.receive_data(data)
+
+    def hold_reading(self) -> None:
+        self.held = True
+
+    def release_reading(self) -> None:
+        self.held = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def replies(self) -> list:
+        """The messages written since the last call."""
+        return list(self.decoder.messages())
+
+
+# --- processes ------------------------------------------------------------------------------
+def env_for(**extra: str) -> dict[str, str]:
+    """The environment a child `python -m ...` of this repository needs, plus `extra`."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def env_without_make() -> dict[str, str]:
+    """This environment less what an outer `make` hands the makes it starts: MAKEFLAGS
+    carries its command-line variables, so under `make test VENV=x` a test's own
+    `make clean` would remove x."""
+    return {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+
+def one_error_line(stderr: str) -> str:
+    """The one line a command's mistake ends with (and no traceback)."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:

@@ -6,16 +6,14 @@ and checks the one line it ends with, its exit code, and what the central stored
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from datagen import bet_line, generate_bets
 from runtime.settings import __version__
-from tests.harness import ROOT, ServerProcess, exported_rows, wait_until
+from tests.harness import ROOT, ServerProcess, env_for, file_rows, one_error_line, stored_rows, wait_until, write_rows
 
 
 # --- local helpers ---------------------------------------------------------------------
@@ -23,33 +21,13 @@ def run_client(*args: str, env: dict | None = None, cwd: Path = ROOT, code: str 
                timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m client ARGS` (or `python -c CODE ARGS`), stdout and stderr kept apart."""
     command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "client", *args]
-    return subprocess.run(command, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=cwd, env=env_for(**(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def start_client(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "client", *args], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+    return subprocess.Popen([sys.executable, "-m", "client", *args], cwd=ROOT, env=env_for(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def one_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[0]
-
-
-def write_rows(path: Path, rows: int, agency: int = 1) -> Path:
-    path.write_text("".join(bet_line(b) for b in generate_bets(agency, rows)), encoding="utf-8", newline="")
-    return path
-
-
-def rows_of(path: Path) -> list[list[str]]:
-    return [line.split(",") for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def stored_rows(db: Path, agency: int = 1) -> list[list[str]]:
-    return [row[1:] for row in exported_rows(db) if row[0] == str(agency)]
 
 
 def log_fields(out: str, action: str) -> list[dict[str, str]]:
@@ -115,7 +93,7 @@ def test_stop_stores_every_row_before_the_bad_one_and_a_fixed_file_resumes(tmp_p
         assert line.endswith(f"action: fila_invalida | result: fail | agency: 1 | file: {data}:5000 | field: document "
                              "| reason: must be 1 to 16 ASCII digits, is '12x' | policy: stop")
         assert sum(server.stored_counts()) == 4999
-        assert stored_rows(db) == rows_of(data)[:4999]
+        assert stored_rows(db) == file_rows(data)[:4999]
 
         data.write_text("".join(good), encoding="utf-8", newline="")  # the operator fixes row 5,000
         rerun = run_client("--agency", "1", "--server", address, "--data", str(data))
@@ -123,7 +101,7 @@ def test_stop_stores_every_row_before_the_bad_one_and_a_fixed_file_resumes(tmp_p
         [summary] = log_fields(rerun.stdout, "resumen")
         assert (summary["filas"], summary["ya_almacenadas"], summary["enviadas"], summary["almacenadas"]) == \
             ("6000", "4999", "1001", "6000")
-    assert stored_rows(db) == rows_of(data)
+    assert stored_rows(db) == file_rows(data)
 
 
 def test_skip_logs_the_same_line_as_stop(tmp_path):
@@ -170,7 +148,7 @@ def test_winners_timeout_is_one_total_wait_with_its_own_line_and_exit_4(tmp_path
     [failed] = log_fields(done.stdout, "espera_sorteo")
     assert failed["result"] == "fail" and failed["agency"] == "1" and "no draw within 1 s" in failed["reason"]
     assert "action: conexion" not in done.stdout and "gave up" not in done.stdout
-    assert stored_rows(db) == rows_of(data)
+    assert stored_rows(db) == file_rows(data)
 
 
 # --- numbers that say what they count ---------------------------------------------------------
@@ -215,12 +193,12 @@ def test_a_closed_stdout_does_not_end_the_run_nor_print_tracebacks(tmp_path):
         # DEBUG and batches of 1: far more output than a pipe holds, so writes meet the closed pipe.
         pipeline = (f"{sys.executable} -m client --agency 1 --server 127.0.0.1:{server.port} --data {data} "
                     "--batch-max-amount 1 --log-level DEBUG | head -1; exit ${PIPESTATUS[0]}")
-        done = subprocess.run(["bash", "-c", pipeline], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(["bash", "-c", pipeline], cwd=ROOT, env=env_for(), capture_output=True, text=True,
+                              timeout=300)
     assert done.returncode == 0
     assert len(done.stdout.splitlines()) == 1
     assert done.stderr == ""
-    assert stored_rows(tmp_path / "bets.db") == rows_of(data)
+    assert stored_rows(tmp_path / "bets.db") == file_rows(data)
 
 
 def test_an_unknown_config_key_or_section_is_one_line_and_exit_2(tmp_path):

@@ -11,19 +11,16 @@ LOTTERY_TEST_PROFILE=long (make test-long) runs 400,000 bets and 24 kills.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sqlite3
-import threading
 
 import pytest
 
-from client import Agency, AgencyConfig, BetFile
 from datagen import write_dataset
-from tests.harness import ServerProcess, exported_rows, file_rows, wait_until
+from tests.conftest import LONG
+from tests.harness import AckTracker, AgencyRuns, ServerProcess, assert_files_stored_once_in_order, wait_until
 
-LONG = os.environ.get("LOTTERY_TEST_PROFILE") == "long"
 BETS, KILLS = (400_000, 24) if LONG else (60_000, 4)
 
 
@@ -37,31 +34,12 @@ def test_random_kills_lose_nothing_acknowledged_and_store_everything_once(tmp_pa
     rng = random.Random(signum)
     dataset = write_dataset(tmp_path / "data", total=BETS, agencies=5, seed=11)
     db = tmp_path / "bets.db"
-    acked = {agency: 0 for agency in range(1, 6)}
-    lock = threading.Lock()
-    results, errors = {}, {}
-
-    def tracker(agency):
-        def on_ack(first, count, latency):
-            with lock:
-                acked[agency] = max(acked[agency], first + count - 1)
-        return on_ack
-
+    acks = AckTracker(range(1, 6))
     server = ServerProcess(db).start()
     port = server.port
-
-    def run(agency):
-        config = AgencyConfig(agency=agency, host="127.0.0.1", port=port, max_amount=rng.choice([40, 99, 150]),
-                              window=4, retries=10_000, backoff_base=0.02, backoff_cap=0.2, io_timeout=10)
-        try:
-            bet_file = BetFile(dataset.files[agency - 1])
-            results[agency] = Agency.from_file(config, bet_file, on_ack=tracker(agency)).run()
-        except BaseException as error:
-            errors[agency] = error
-
-    threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in range(1, 6)]
-    for thread in threads:
-        thread.start()
+    agencies = AgencyRuns(port, dict(enumerate(dataset.files, start=1)), acks,
+                          per_agency={a: {"max_amount": rng.choice([40, 99, 150])} for a in range(1, 6)},
+                          window=4, retries=10_000, backoff_base=0.02, backoff_cap=0.2, io_timeout=10)
     # Kills happen at points of ACK progress, one at random inside each of KILLS equal
     # slices of the data set. Timed kills let a fast server finish before the second one.
     total = sum(dataset.rows)
@@ -69,13 +47,13 @@ def test_random_kills_lose_nothing_acknowledged_and_store_everything_once(tmp_pa
     kills = 0
     try:
         for point in kill_points:
-            reached = wait_until(lambda point=point: sum(acked.values()) >= point or bool(errors), timeout=120,
+            reached = wait_until(lambda point=point: acks.total() >= point or bool(agencies.errors), timeout=120,
                                  interval=0.005)
-            assert reached and not errors, f"ingest stopped before {point} ACKed bets: {errors}"
-            with lock:
+            assert reached and not agencies.errors, f"ingest stopped before {point} ACKed bets: {agencies.errors}"
+            with acks.lock:
                 server.signal(signum)
                 code = server.wait(20)
-                snapshot = dict(acked)  # every ACK read before the server was gone
+                snapshot = dict(acks.acked)  # every ACK read before the server was gone
             kills += 1
             if signum == signal.SIGTERM:
                 assert code == 0, "a drain must exit 0:\n" + "\n".join(server.lines[-15:])
@@ -83,17 +61,13 @@ def test_random_kills_lose_nothing_acknowledged_and_store_everything_once(tmp_pa
             lost = {a: (stored.get(a, 0), n) for a, n in snapshot.items() if stored.get(a, 0) < n}
             assert not lost, f"acknowledged bets lost after kill {kills}: {lost}"
             server = ServerProcess(db, "--port", str(port)).start()
-        for thread in threads:
-            thread.join(180)
-        assert not errors, errors
-        assert wait_until(lambda: len(results) == 5, timeout=5)
+        results = agencies.join(180)
     finally:
         server.stop()
-    print(f"{kills} kills; acknowledged {sum(acked.values())} of {sum(dataset.rows)} bets")
+    print(f"{kills} kills; acknowledged {acks.total()} of {sum(dataset.rows)} bets")
     assert kills == KILLS
-    exported = exported_rows(db)
-    for agency, path in enumerate(dataset.files, start=1):
-        assert [row[1:] for row in exported if row[0] == str(agency)] == file_rows(path)
+    assert_files_stored_once_in_order(db, dataset.files)
+    for agency in results:
         assert results[agency].winners == dataset.winners[agency]
 
 
@@ -102,39 +76,14 @@ def test_random_faults_inside_turns_lose_nothing_acknowledged_and_store_everythi
     end one connection or roll one turn back; the agencies retry and finish."""
     dataset = write_dataset(tmp_path / "data", total=BETS // 2, agencies=5, seed=13)
     db = tmp_path / "bets.db"
-    acked = {agency: 0 for agency in range(1, 6)}
-    lock = threading.Lock()
-
-    def tracker(agency):
-        def on_ack(first, count, latency):
-            with lock:
-                acked[agency] = max(acked[agency], first + count - 1)
-        return on_ack
-
+    acks = AckTracker(range(1, 6))
     with ServerProcess(db, module="tests.faulty_reactor", env={"FAULT_RATE": "0.02", "FAULT_SEED": "5"}) as server:
-        results, errors = {}, {}
-
-        def run(agency):
-            config = AgencyConfig(agency=agency, host="127.0.0.1", port=server.port, max_amount=99, window=4,
-                                  retries=10_000, backoff_base=0.01, backoff_cap=0.1, io_timeout=10)
-            try:
-                results[agency] = Agency.from_file(config, BetFile(dataset.files[agency - 1]),
-                                                   on_ack=tracker(agency)).run()
-            except BaseException as error:
-                errors[agency] = error
-
-        threads = [threading.Thread(target=run, args=(a,), daemon=True) for a in range(1, 6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(300)
-        assert not errors, errors
+        results = AgencyRuns(server.port, dict(enumerate(dataset.files, start=1)), acks, max_amount=99, window=4,
+                             retries=10_000, backoff_base=0.01, backoff_cap=0.1, io_timeout=10).join(300)
         faults = len(server.log_lines("fault", "fail")) + len(server.log_lines("store", "fail"))
         assert faults >= 5, "the profile injected too few faults to prove anything"
         assert server.proc.poll() is None
-    stored = stored_per_agency(db)
-    assert all(stored[a] >= n for a, n in acked.items())
-    exported = exported_rows(db)
-    for agency, path in enumerate(dataset.files, start=1):
-        assert [row[1:] for row in exported if row[0] == str(agency)] == file_rows(path)
+    stored = assert_files_stored_once_in_order(db, dataset.files)
+    assert all(len(stored[a]) >= n for a, n in acks.acked.items())
+    for agency in results:
         assert results[agency].winners == dataset.winners[agency]

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from datagen import Dataset, write_dataset
-from tests.harness import ROOT
+from tests.harness import ROOT, env_without_make
 
 pytestmark = pytest.mark.docker
 
@@ -46,8 +46,8 @@ def compose(compose_file: Path, *args: str, check: bool = True) -> subprocess.Co
 
 
 def make(target: str, compose_file: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", target, f"COMPOSE_FILE={compose_file.name}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(["make", target, f"COMPOSE_FILE={compose_file.name}"], cwd=ROOT, env=env_without_make(),
+                          capture_output=True, text=True, timeout=900)
 
 
 def wait_for_clients(compose_file: Path, agencies: int) -> list[list[str]]:

@@ -1,77 +1,93 @@
-"""Limits and endings: deadlines, the connection limit, backpressure, drain, a full disk."""
+"""Limits and endings: deadlines, the connection limit, backpressure, drain, a full disk.
+
+The connection's own deadlines and water marks are tested exactly, in-process, in
+test_connection.py. Here: what the session adds to them (a held query is cut by no
+deadline), and that the real process applies its deadline settings.
+"""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import threading
 import time
 
 import pytest
 
 import protocol as p
-from client import Agency, AgencyConfig, BetFile
+from bench.proc import cpu_seconds
 from datagen import write_dataset
-from tests.harness import Peer, ServerProcess, exported_rows, file_rows, wait_until
+from reactor.connection import ConnectionLimits
+from tests.harness import (
+    BET,
+    AckTracker,
+    AgencyRuns,
+    Peer,
+    ServerProcess,
+    assert_files_stored_once_in_order,
+    bets,
+    rows_by_agency,
+    stored_rows,
+    wait_until,
+)
+from tests.inprocess import InProcessCentral
 
 E = p.ErrorCode
-BET = p.Bet("Ana", "Gómez", "12345678", "1990-01-01", 1)
 
 
-def timed_error(peer: Peer, code: E, within: float) -> float:
-    started = time.monotonic()
-    error = peer.read(timeout=within + 5)
-    assert isinstance(error, p.Error) and error.code is code, error
-    assert peer.closed()
-    return time.monotonic() - started
+def never_waiting(central: InProcessCentral) -> InProcessCentral:
+    """Its loop never waits in select: a callback that is always ready makes the
+    timeout 0, so a turn takes no wall-clock time whatever the fake clock's timers say."""
+    def tick() -> None:
+        central.loop.call_soon(tick)
+
+    tick()
+    return central
 
 
-@pytest.fixture(scope="module")
-def short_server(tmp_path_factory):
-    args = ["--agencies", "3", "--handshake-timeout", "0.6", "--idle-timeout", "1.2", "--frame-timeout", "0.6"]
-    with ServerProcess(tmp_path_factory.mktemp("db") / "bets.db", *args) as server:
-        yield server
+def test_a_held_query_is_cut_by_no_deadline_and_the_deadlines_run_again_once_it_is_answered(tmp_path):
+    limits = ConnectionLimits(handshake_timeout=5, idle_timeout=60, frame_timeout=10)
+    central = never_waiting(InProcessCentral(tmp_path / "bets.db", agencies=3, limits=limits))
+    try:
+        idle, holder = central.peer(), central.peer()
+        idle.hello(2)
+        holder.hello(3)
+        # the query is held with a DONE and half a frame behind it, unread
+        holder.send(p.Done(), p.WinnersQuery(), p.Done(), p.encode(bets(1, 1))[:9])
+        assert holder.read() == p.DoneAck()
+        central.clock.advance(60.001)
+        error = idle.read()
+        assert (error.code, error.message) == (E.TIMEOUT, "idle deadline passed")
+        assert idle.read() is None
+        central.clock.advance(10_000)  # far past every deadline
+        central.turn(3)
+        holder._pump()
+        assert holder.messages == [] and not holder.closed
+        for agency in (1, 2):  # the last DONEs: the draw answers the held query
+            peer = central.peer()
+            peer.hello(agency)
+            assert peer.send(p.Done()).read() == p.DoneAck()
+        assert holder.read() == p.Winners((), final=True)
+        assert holder.read() == p.DoneAck()  # then what waited behind it is read
+        central.clock.advance(10.001)  # and the half frame's clock runs from the answer
+        error = holder.read()
+        assert (error.code, error.message) == (E.TIMEOUT, "frame deadline passed")
+    finally:
+        central.close()
 
 
-def test_handshake_deadline(short_server):
-    assert timed_error(Peer(short_server.port), E.TIMEOUT, 0.6) < 3
-
-
-def test_frame_deadline_cuts_a_slowloris(short_server):
-    peer = Peer(short_server.port)
-    peer.hello(1)
-    frame = p.encode(p.Bets(1, (BET,)))
-    started = time.monotonic()
-    with pytest.raises(OSError):
-        for byte in frame:  # a byte every 0.2 s: each arrives well within any per-byte limit
-            peer.sock.sendall(bytes([byte]))
-            time.sleep(0.2)
-    assert time.monotonic() - started < 4
-    error = peer.read()
-    assert error.code is E.TIMEOUT
-
-
-def test_idle_deadline_but_not_while_a_query_is_held(short_server):
-    idle = Peer(short_server.port)
-    idle.hello(2)
-    holder = Peer(short_server.port)
-    holder.hello(3)
-    holder.send(p.Done(), p.WinnersQuery())
-    assert holder.read() == p.DoneAck()
-    assert 0.9 < timed_error(idle, E.TIMEOUT, 1.2) < 4
-    with pytest.raises(TimeoutError):
-        holder.read(timeout=1.5)  # still held, past the idle deadline
-
-
-def test_a_held_query_with_frames_behind_it_is_not_cut_by_the_frame_deadline(short_server):
-    holder = Peer(short_server.port)
-    holder.hello(1)
-    # the query is held; the DONE behind it stays unread, and no frame deadline applies
-    holder.send(p.Done(), p.WinnersQuery(), p.Done())
-    assert holder.read() == p.DoneAck()
-    with pytest.raises(TimeoutError):
-        holder.read(timeout=2.0)  # frame_timeout is 0.6 s: still held, not TIMEOUT
+def test_the_process_applies_its_deadline_settings(tmp_path):
+    """Each deadline cut at its setting, not at its default (10 s, 60 s, 10 s): the
+    generous waits below stay under the defaults and set no lower bound."""
+    args = ["--agencies", "3", "--handshake-timeout", "0.5", "--idle-timeout", "1.5", "--frame-timeout", "0.5"]
+    with ServerProcess(tmp_path / "bets.db", *args) as server:
+        silent, idle, slow = Peer(server.port), Peer(server.port), Peer(server.port)
+        idle.send(p.Hello(1))
+        slow.send(p.encode(p.Hello(2)) + p.encode(bets(1, 1))[:9])
+        assert idle.read() == slow.read() == p.Welcome(committed=0)
+        for peer, what in [(silent, "handshake"), (idle, "idle"), (slow, "frame")]:
+            error = peer.read(timeout=8)
+            assert (error.code, error.message) == (E.TIMEOUT, f"{what} deadline passed")
+            assert peer.closed(timeout=8)
 
 
 def test_server_busy_at_the_connection_limit(tmp_path):
@@ -91,18 +107,13 @@ def test_out_of_file_descriptors_pauses_accepting_then_recovers(tmp_path):
     with ServerProcess(tmp_path / "bets.db", "--handshake-timeout", "30", fd_limit=48) as server:
         held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(60)]
         assert server.wait_for_line("accept", "in_progress", timeout=5)  # EMFILE: paused
-        cpu_before = _cpu_seconds(server.pid)
+        cpu_before = cpu_seconds(server.pid)
         time.sleep(1.0)
-        assert _cpu_seconds(server.pid) - cpu_before < 0.5  # paused with a timer, not spinning
+        assert cpu_seconds(server.pid) - cpu_before < 0.5  # paused with a timer, not spinning
         for sock in held:
             sock.close()
         assert wait_until(lambda: _welcomed(server.port, 1), timeout=10)
         assert server.proc.poll() is None
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _welcomed(port: int, agency: int) -> bool:
@@ -148,16 +159,16 @@ def test_a_peer_that_never_reads_is_paused_not_buffered(tmp_path):
         # Reading again resumes the paused peer, and its answers come in order.
         # (before the pause, buffers held a few hundred answers at most: ~4 MB of ~18 KB each)
         decoder = p.FrameDecoder(p.Role.CLIENT)
-        answered, deadline = 0, time.monotonic() + 20
-        spammer.settimeout(5)
-        while answered <= 1000 and time.monotonic() < deadline:
+        answered = 0
+        spammer.settimeout(30)  # a stall, not a slow machine, would end this read
+        while answered <= 1000:  # far more than fit in the buffers before the pause: reading resumed
             decoder.receive_data(spammer.recv(1 << 20))
-            while (message := decoder.next_message()) is not p.NEED_DATA:
+            for message in decoder.messages():
                 if isinstance(message, p.Winners):
                     answered += message.final
                 else:
                     assert isinstance(message, p.Welcome), message
-        assert answered > 1000  # far more than fit in the buffers before the pause: reading resumed
+            assert not decoder.peer_closed
         spammer.close()
 
 
@@ -174,55 +185,32 @@ def _welcomed_done(port: int, agency: int) -> bool:
 def test_sigterm_drains_answers_then_shutting_down_and_loses_nothing_acknowledged(tmp_path):
     dataset = write_dataset(tmp_path / "data", total=60_000, agencies=2)
     db = tmp_path / "bets.db"
-    acked: dict[int, int] = {1: 0, 2: 0}
-    lock = threading.Lock()
-
-    def on_ack(agency):
-        def record(first, count, latency):
-            with lock:
-                acked[agency] = max(acked[agency], first + count - 1)
-        return record
-
+    acks = AckTracker([1, 2])
     server = ServerProcess(db, "--agencies", "3").start()
     idle = Peer(server.port)
     idle.hello(3)
     port = server.port
-    errors = []
-
-    def run(agency):
-        config = AgencyConfig(agency=agency, host="127.0.0.1", port=port, max_amount=50, window=4,
-                              retries=200, backoff_base=0.05, backoff_cap=0.2)
-        try:
-            Agency.from_file(config, BetFile(dataset.files[agency - 1]), on_ack=on_ack(agency)).run()
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(a,)) for a in (1, 2)]
-    for thread in threads:
-        thread.start()
-    assert wait_until(lambda: min(acked.values()) > 2000, timeout=30)
+    agencies = AgencyRuns(port, dict(enumerate(dataset.files, start=1)), acks, max_amount=50, window=4,
+                          retries=200, backoff_base=0.05, backoff_cap=0.2)
+    assert wait_until(lambda: acks.least() > 2000, timeout=30)
     server.signal(signal.SIGTERM)
     assert server.wait(15) == 0
     error = idle.read()
     assert error.code is E.SHUTTING_DOWN and idle.closed()
-    stored = {1: 0, 2: 0}
-    for row in exported_rows(db):
-        stored[int(row[0])] += 1
-    assert all(stored[a] >= acked[a] for a in (1, 2)), (stored, acked)  # nothing acknowledged was lost
-    assert any(" | close_database | " in line or "action: close_database" in line for line in server.lines)
+    stored = {agency: len(rows) for agency, rows in rows_by_agency(db).items()}
+    assert all(stored.get(a, 0) >= acks.acked[a] for a in (1, 2)), (stored, acks.acked)  # nothing acknowledged lost
+    assert server.log_lines("close_database", "success")
 
     server = ServerProcess(db, "--agencies", "3", "--port", str(port)).start()
     third = Peer(server.port)
     third.hello(3)
     third.send(p.Done())  # the draw waits for every agency
     assert third.read() == p.DoneAck()
-    for thread in threads:
-        thread.join(120)
-    server.stop()
-    assert not errors
-    exported = exported_rows(db)
-    for agency, path in enumerate(dataset.files, start=1):
-        assert [row[1:] for row in exported if row[0] == str(agency)] == file_rows(path)
+    try:
+        agencies.join(120)
+    finally:
+        server.stop()
+    assert_files_stored_once_in_order(db, dataset.files)
 
 
 def test_storage_failed_stores_nothing_keeps_serving_and_the_client_completes(tmp_path):
@@ -233,38 +221,30 @@ def test_storage_failed_stores_nothing_keeps_serving_and_the_client_completes(tm
     with server:
         peer = Peer(server.port)
         peer.hello(1)
-        big = tuple(BET._replace(document=str(10**7 + i)) for i in range(150))
-        peer.send(p.Bets(1, big))
+        peer.send(bets(1, 150))
         assert peer.read() == p.Ack(1, 150)
         flag.touch()
-        peer.send(p.Bets(151, big), p.Bets(301, big))
+        peer.send(bets(151, 150), bets(301, 150))
         first, second = peer.read(), peer.read()
         assert (first.code, first.first) == (E.STORAGE_FAILED, 151)
         assert second.code in (E.STORAGE_FAILED, E.SEQUENCE_GAP)  # nothing of 151.. was stored
-        peer.send(p.Bets(1, big))  # the session goes on
+        peer.send(bets(1, 150))  # the session goes on
         assert peer.read() == p.Ack(1, 150)
         assert server.wait_for_line("apuesta_recibida", "fail")
         assert server.wait_for_line("store", "fail")
         assert "database or disk is full" in server.log_lines("store", "fail")[0]  # the cause is logged
-
-        results = {}
-
-        def run(agency):
-            config = AgencyConfig(agency=agency, host="127.0.0.1", port=server.port, max_amount=100,
-                                  retries=100, backoff_base=0.05, backoff_cap=0.2)
-            results[agency] = Agency.from_file(config, BetFile(dataset.files[agency - 1])).run()
 
         flag.unlink()
         peer.send(p.Done())  # the draw waits for every agency
         assert peer.read() == p.DoneAck()
         peer.close()
         flag.touch()
-        agency_two = threading.Thread(target=run, args=(2,))
-        agency_two.start()
-        time.sleep(1.0)
+        agency_two = AgencyRuns(server.port, {2: dataset.files[1]}, max_amount=100, retries=100,
+                                backoff_base=0.05, backoff_cap=0.2)
+        assert wait_until(lambda: any("agency: 2 | code: STORAGE_FAILED" in line
+                                      for line in server.log_lines("apuesta_recibida", "fail")), timeout=60)
         flag.unlink()  # space returns
-        agency_two.join(60)
-        assert results[2].total == dataset.rows[1]
-        assert results[2].sessions > 1  # it met STORAGE_FAILED and came back
-    rows = [row for row in exported_rows(tmp_path / "bets.db") if row[0] == "1"]
-    assert len(rows) == 150  # the failed batches left nothing partial
+        result = agency_two.join(60)[2]
+        assert result.total == dataset.rows[1]
+        assert result.sessions > 1  # it met STORAGE_FAILED and came back
+    assert len(stored_rows(tmp_path / "bets.db", 1)) == 150  # the failed batches left nothing partial

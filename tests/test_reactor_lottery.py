@@ -14,13 +14,15 @@ import protocol as p
 from client import BetFile
 from datagen import write_dataset
 from tests.conftest import SHARED_DATASET
-from tests.harness import ROOT, Peer, ServerProcess, exported_rows, file_rows, run_agencies
-
-BET = p.Bet("Ana", "Gómez", "12345678", "1990-01-01", 7574)
-
-
-def bets(n: int, number: int = 1) -> tuple[p.Bet, ...]:
-    return tuple(BET._replace(document=str(10_000_000 + i), number=number) for i in range(n))
+from tests.harness import (
+    ROOT,
+    Peer,
+    ServerProcess,
+    assert_files_stored_once_in_order,
+    bets,
+    exported_rows,
+    run_agencies,
+)
 
 
 @pytest.mark.parametrize("agencies", [5, 3])
@@ -33,9 +35,7 @@ def test_course_scenario_each_agency_gets_exactly_its_winners(tmp_path, agencies
     assert len(server.log_lines("sorteo", "success")) == 1
     assert sum(server.stored_counts()) == sum(dataset.rows)
     assert server.log_lines("apuesta_recibida", "fail") == []
-    exported = exported_rows(tmp_path / "bets.db")
-    for agency, path in enumerate(dataset.files, start=1):
-        assert [row[1:] for row in exported if row[0] == str(agency)] == file_rows(path)
+    assert_files_stored_once_in_order(tmp_path / "bets.db", dataset.files)
     assert all(" | result: fail" not in line for line in server.lines)
 
 
@@ -55,7 +55,7 @@ def test_pipelined_overlapping_and_duplicate_batches_store_each_bet_once(tmp_pat
     with ServerProcess(tmp_path / "bets.db", "--agencies", "1") as server:
         peer = Peer(server.port)
         assert peer.hello(1) == p.Welcome(committed=0)
-        all_bets = bets(30)
+        all_bets = bets(1, 30).bets
         peer.send(
             p.Bets(1, all_bets[0:10]),
             p.Bets(11, all_bets[10:20]),
@@ -75,7 +75,7 @@ def test_a_held_query_is_answered_when_the_last_agency_finishes_never_partially(
     with ServerProcess(tmp_path / "bets.db", "--agencies", "2") as server:
         first = Peer(server.port)
         first.hello(1)
-        first.send(p.Bets(1, bets(3, number=7574)), p.Done(), p.WinnersQuery())
+        first.send(bets(1, 3, number=7574), p.Done(), p.WinnersQuery())
         assert first.read() == p.Ack(1, 3)
         assert first.read() == p.DoneAck()
         with pytest.raises(TimeoutError):
@@ -83,11 +83,11 @@ def test_a_held_query_is_answered_when_the_last_agency_finishes_never_partially(
         assert server.log_lines("sorteo") == []
         second = Peer(server.port)
         second.hello(2)
-        second.send(p.Bets(1, bets(2, number=1)), p.Done())
+        second.send(bets(1, 2, number=1), p.Done())
         assert second.read() == p.Ack(1, 2)
         assert second.read() == p.DoneAck()
         winners = first.read()
-        assert winners == p.Winners(documents=tuple(b.document for b in bets(3)), final=True)
+        assert winners == p.Winners(documents=tuple(b.document for b in bets(1, 3).bets), final=True)
         second.send(p.WinnersQuery())
         assert second.read() == p.Winners(documents=(), final=True)
         # a repeated query gets the same answer, at once
@@ -101,11 +101,11 @@ def test_a_restart_resumes_committed_done_and_the_draw(tmp_path):
     with ServerProcess(db, "--agencies", "2", "--winning-number", "42") as server:
         peer = Peer(server.port)
         peer.hello(1)
-        peer.send(p.Bets(1, bets(5, number=42)), p.Done())
+        peer.send(bets(1, 5, number=42), p.Done())
         assert peer.read() == p.Ack(1, 5) and peer.read() == p.DoneAck()
         peer = Peer(server.port)
         peer.hello(2)
-        peer.send(p.Bets(1, bets(4)))
+        peer.send(bets(1, 4))
         assert peer.read() == p.Ack(1, 4)
     with ServerProcess(db, "--agencies", "2", "--winning-number", "42") as server:
         assert Peer(server.port).hello(1) == p.Welcome(committed=5, agency_done=True, draw_done=False)

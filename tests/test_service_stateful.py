@@ -17,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import protocol as p
 from reactor.service import Lottery, LotteryConfig
 from reactor.store import Store
+from tests.harness import FakeConnection, FakeLoop
 
 AGENCIES = 3
 WINNING = 7574
@@ -26,53 +27,6 @@ E = p.ErrorCode
 def bet(agency: int, seq: int, valid: bool = True) -> p.Bet:
     return p.Bet("Ana", "Gómez", f"{agency:02d}{seq:06d}", "1990-01-01" if valid else "1990-02-30",
                  WINNING if seq % 5 == 0 else seq % 1000)
-
-
-class FakeLoop:
-    def __init__(self) -> None:
-        self.ready = []
-
-    def call_soon(self, callback, *args) -> None:
-        self.ready.append((callback, args))
-
-    call_later = lambda self, delay, callback, *args: self.call_soon(callback, *args)  # noqa: E731
-    call_at = call_later
-
-    @staticmethod
-    def time() -> float:
-        return 0.0
-
-    @staticmethod
-    def isolate(owner, callback, *args):
-        return callback(*args)
-
-
-class FakeConnection:
-    peer = "test"
-
-    def __init__(self) -> None:
-        self.decoder = p.FrameDecoder(p.Role.CLIENT)
-        self.held = False
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed
-        self.decoder.receive_data(data)
-
-    def hold_reading(self) -> None:
-        self.held = True
-
-    def release_reading(self) -> None:
-        self.held = False
-
-    def close(self) -> None:
-        self.closed = True
-
-    def replies(self) -> list:
-        out = []
-        while (message := self.decoder.next_message()) is not p.NEED_DATA:
-            out.append(message)
-        return out
 
 
 class FailingCommits:
@@ -117,9 +71,7 @@ class LotteryMachine(RuleBasedStateMachine):
         return maybe_fail
 
     def turn(self) -> None:
-        ready, self.loop.ready = self.loop.ready, []
-        for callback, args in ready:
-            callback(*args)
+        self.loop.run_ready()
         self.lottery.end_of_turn()
 
     def settle(self) -> None:
@@ -275,9 +227,7 @@ def test_a_drain_ends_the_sessions_a_slice_a_turn_and_each_gets_shutting_down(mo
     lottery.shutdown()
     closed_after_each_turn = [sum(c.closed for c in connections)]
     while loop.ready:
-        ready, loop.ready = loop.ready, []
-        for callback, args in ready:
-            callback(*args)
+        loop.run_ready()
         closed_after_each_turn.append(sum(c.closed for c in connections))
     assert closed_after_each_turn == [4, 8, 10]
     for connection in connections:

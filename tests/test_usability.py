@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from datagen import bet_line, generate_bets, write_dataset
+from datagen import generate_bets, write_dataset
 from reactor.store import Store
 from runtime.settings import __version__
-from tests.harness import ROOT, ServerProcess
+from tests.harness import ROOT, ServerProcess, env_for, env_without_make, one_error_line, write_rows
 
 SERVER_INI = """[server]
 host = 127.0.0.1
@@ -44,19 +44,9 @@ level = INFO
 
 
 # --- local helpers ---------------------------------------------------------------------
-def env_for(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
-
-
 def reactor(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "reactor", *args], cwd=cwd, env=env or env_for(),
                           capture_output=True, text=True, timeout=120)
-
-
-def one_error_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[0]
 
 
 def database_with_bets(path: Path, rows: int) -> list[tuple]:
@@ -181,8 +171,7 @@ def ipv6_loopback() -> bool:
 
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_the_central_serves_on_ipv6(tmp_path):
-    data = tmp_path / "agency.csv"
-    data.write_text("".join(bet_line(b) for b in generate_bets(1, 40)), encoding="utf-8", newline="")
+    data = write_rows(tmp_path / "agency.csv", 40)
     with ServerProcess(tmp_path / "bets.db", "--host", "::1", "--agencies", "1") as server:
         done = subprocess.run([sys.executable, "-m", "client", "--agency", "1", "--server", f"[::1]:{server.port}",
                                "--data", str(data)], cwd=ROOT, env=env_for(), capture_output=True, text=True,
@@ -229,7 +218,7 @@ def test_the_makefile_writes_the_data_for_as_many_agencies_as_the_compose_file_r
     assert made.returncode == 0, made.stderr
     (tmp_path / ".data" / "agency-7.csv").mkdir(parents=True)  # what Docker leaves for a missing file
     done = subprocess.run(["make", "--no-print-directory", "compose-data", f"COMPOSE_FILE={compose}", "BETS=500"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=env_without_make(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     expected = write_dataset(tmp_path / "expected", total=500, agencies=10)
     for n in range(1, 11):
@@ -240,7 +229,8 @@ def test_make_clean_removes_build_output(tmp_path):
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     for directory in ("build/lib/reactor", "dist", "lottery_central.egg-info", ".data", "kept"):
         (tmp_path / directory).mkdir(parents=True)
-    done = subprocess.run(["make", "clean"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["make", "clean"], cwd=tmp_path, env=env_without_make(), capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile", "kept"]
 
