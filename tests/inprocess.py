@@ -101,8 +101,7 @@ class LoopPeer:
             self.decoder.receive_data(data)
             if not data:
                 self.closed = True
-            while (message := self.decoder.next_message()) not in (p.NEED_DATA, p.PEER_CLOSED):
-                self.messages.append(message)
+            self.messages.extend(self.decoder.messages())
 
     def read(self, turns: int = 2000):
         """The next message (turning the central until it comes); None once closed."""

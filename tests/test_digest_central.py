@@ -37,11 +37,9 @@ class V2Peer:
         return self
 
     def read(self):
-        while True:
-            message = self.decoder.next_message()
-            if message is not p.NEED_DATA:
-                return message
+        while (message := next(self.decoder.messages(), None)) is None:
             self.decoder.receive_data(self.sock.recv(65536))
+        return message
 
     def hello(self, agency: int) -> p.Welcome:
         welcome = self.send(p.Hello(agency, version=2)).read()
@@ -135,7 +133,7 @@ def test_a_verifiable_draw_publishes_its_commitment_first_and_reveals_a_seed_tha
 
 
 def test_a_lottery_with_bets_cannot_become_verifiable_nor_stop_being_it(tmp_path):
-    from tests.test_operations import one_error_line, run_server
+    from tests.test_operations import one_fail_line, run_server
 
     plain, verifiable = tmp_path / "plain.db", tmp_path / "verifiable.db"
     for db, setting in ((plain, "7574"), (verifiable, "verifiable")):
@@ -147,4 +145,4 @@ def test_a_lottery_with_bets_cannot_become_verifiable_nor_stop_being_it(tmp_path
     for db, setting in ((plain, "verifiable"), (verifiable, "7574")):
         refused = run_server(db, "--agencies", "1", "--winning-number", setting)
         assert refused.returncode == 1
-        one_error_line(refused, "open_database", "--winning-number")
+        one_fail_line(refused, "open_database", "--winning-number")

@@ -21,22 +21,11 @@ import time
 import pytest
 
 import protocol as p
-from tests.harness import ROOT, Peer, ServerProcess, raw_frame, wait_until
+from bench.proc import cpu_seconds
+from tests.harness import PORT_LINE, ROOT, Peer, ServerProcess, bets, env_for, raw_bet, raw_frame, wait_until
 from tests.test_tls import make_certificate
 
 E = p.ErrorCode
-BET = p.Bet("Ana", "Gómez", "12345678", "1990-01-01", 1)
-
-
-def bets(first: int, count: int, number: int = 1) -> p.Bets:
-    return p.Bets(first, tuple(BET._replace(document=f"{first + i:08d}", number=number) for i in range(count)))
-
-
-def raw_bet(first_name=b"Ana", last_name=b"G", document=b"1", birthdate=b"1990-01-01", number=1) -> bytes:
-    def s(value: bytes) -> bytes:
-        return struct.pack(">H", len(value)) + value
-
-    return s(first_name) + s(last_name) + s(document) + s(birthdate) + struct.pack(">H", number)
 
 
 def run_server(db, *args, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -44,11 +33,11 @@ def run_server(db, *args, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--db", str(db),
          *args],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env=env_for(), capture_output=True, text=True, timeout=timeout,
     )
 
 
-def one_error_line(result: subprocess.CompletedProcess, *needles: str) -> str:
+def one_fail_line(result: subprocess.CompletedProcess, *needles: str) -> str:
     assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
     failing = [line for line in result.stdout.splitlines() if "result: fail" in line]
     assert len(failing) == 1, result.stdout
@@ -101,7 +90,7 @@ def test_a_reset_before_accept_over_tls_costs_nothing(tmp_path):
                                  server_hostname="localhost") as tls:
             tls.sendall(p.encode(p.Hello(1)))
             decoder = p.FrameDecoder(p.Role.CLIENT)
-            while (message := decoder.next_message()) is p.NEED_DATA:
+            while (message := next(decoder.messages(), None)) is None:
                 decoder.receive_data(tls.recv(4096))
             assert message == p.Welcome(committed=0)
         assert server.proc.poll() is None
@@ -114,7 +103,7 @@ def test_a_second_central_on_the_same_database_refuses_and_the_first_goes_on(tmp
         still_serving(first)
         second = run_server(db)
         assert second.returncode == 1
-        one_error_line(second, "open_database", str(db), "in use by another central")
+        one_fail_line(second, "open_database", str(db), "in use by another central")
         still_serving(first)
     with ServerProcess(db) as again:  # the lock ends with its process
         assert Peer(again.port).hello(1).committed == 4
@@ -131,7 +120,7 @@ def test_a_changed_agency_count_on_a_database_that_holds_a_lottery_is_refused(tm
         assert peer.read() == p.DoneAck()
     refused = run_server(db, "--agencies", changed)
     assert refused.returncode == 1
-    one_error_line(refused, "holds a lottery of 3 agencies", "2 bets, 1 agencies done", "--agencies 3")
+    one_fail_line(refused, "holds a lottery of 3 agencies", "2 bets, 1 agencies done", "--agencies 3")
     with ServerProcess(db, "--agencies", "3") as server:  # nothing changed by the refusal
         assert Peer(server.port).hello(1).committed == 2
         assert server.log_lines("recover", "success")
@@ -157,7 +146,7 @@ def test_a_changed_winning_number_after_the_draw_is_refused(tmp_path):
         assert len(peer.read().documents) == 3
     refused = run_server(db, "--agencies", "1", "--winning-number", "7")
     assert refused.returncode == 1
-    one_error_line(refused, "drawn with winning number '42'", "--winning-number 42")
+    one_fail_line(refused, "drawn with winning number '42'", "--winning-number 42")
 
 
 @pytest.mark.parametrize("content", ["garbage", "foreign", "damaged"])
@@ -181,7 +170,7 @@ def test_a_damaged_or_foreign_database_at_start_is_one_line(tmp_path, content):
         db.write_bytes(bytes(data))
     result = run_server(db, "--agencies", "1")
     assert result.returncode == 1
-    one_error_line(result, "open_database", str(db))
+    one_fail_line(result, "open_database", str(db))
 
 
 def test_sighup_drains_like_sigterm(tmp_path):
@@ -221,14 +210,14 @@ def test_a_stdout_whose_reader_went_away_is_not_an_error_storm(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "reactor", "--host", "127.0.0.1", "--port", "0", "--admin-port", "0",
          "--db", str(tmp_path / "bets.db")],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )
     try:
         port = None
         for line in proc.stdout:
-            if "accept_connections" in line:
-                port = int(line.rsplit("port: ", 1)[1])
+            if match := PORT_LINE.search(line):
+                port = int(match.group(1))
                 break
         proc.stdout.close()  # the reader goes away
         peer = Peer(port)
@@ -265,11 +254,6 @@ def test_another_process_holding_the_write_lock_never_freezes_the_loop(tmp_path)
         assert peer.read() == p.Ack(1, 2)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_a_draw_that_cannot_be_stored_backs_off_then_completes(tmp_path):
     flag = tmp_path / "disk-full"
     server = ServerProcess(tmp_path / "bets.db", "--agencies", "1", "--winning-number", "77",
@@ -284,10 +268,10 @@ def test_a_draw_that_cannot_be_stored_backs_off_then_completes(tmp_path):
         peer.send(p.Done(), p.WinnersQuery())
         assert peer.read() == p.DoneAck()
         assert server.wait_for_line("draw_step", "fail")
-        cpu = _cpu_seconds(server.pid)
+        cpu = cpu_seconds(server.pid)
         failures = len(server.log_lines("draw_step", "fail"))
         time.sleep(2.0)
-        assert _cpu_seconds(server.pid) - cpu < 0.5  # backing off, not spinning
+        assert cpu_seconds(server.pid) - cpu < 0.5  # backing off, not spinning
         assert len(server.log_lines("draw_step", "fail")) - failures <= 6  # once a backoff, not a turn
         assert Peer(server.port).send(p.Hello(2)).read().code is E.UNAUTHORIZED  # the loop answers meanwhile
         flag.unlink()
@@ -366,7 +350,7 @@ def test_stats_and_export_read_a_database_while_its_central_serves(tmp_path):
     db = tmp_path / "bets.db"
     with ServerProcess(db) as server:
         still_serving(server)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = env_for()
         stats = subprocess.run([sys.executable, "-m", "reactor", "stats", "--db", str(db)], cwd=ROOT, env=env,
                                capture_output=True, text=True, timeout=30)
         assert stats.returncode == 0, stats.stderr
