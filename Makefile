@@ -71,8 +71,9 @@ compose-data: ## generate the agency files COMPOSE_FILE mounts, for as many agen
 	done
 
 .PHONY: bench
-bench: ## run the benchmarks and print their tables (results also in bench/results/)
-	$(PYTHON) -m bench
+bench: $(VENV)/.installed ## run the benchmarks and print their tables (results also in bench/results/)
+	$(VENV_PY) -m pip install --quiet -e '.[bench]'
+	$(VENV_PY) -m bench
 
 .PHONY: profile
 profile: $(VENV)/.installed ## profile the central under py-spy during scenario 2 (results in bench/results/)
