@@ -341,13 +341,17 @@ class _ThreadConnection:
             pass
 
 
+class _SharedConnection(sqlite3.Connection):
+    """One SQLite connection shared by every thread, always under the server's lock."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["check_same_thread"] = False
+        super().__init__(*args, **kwargs)
+
+
 def serve_threaded(port: int, db: str, agencies: int, durability: str) -> None:
     lock = threading.Lock()
-    # One connection shared by every thread, always under `lock`.
-    sqlite3_connect = sqlite3.connect
-    sqlite3.connect = functools.partial(sqlite3_connect, check_same_thread=False)
-    store = Store(db, durability)
-    sqlite3.connect = sqlite3_connect
+    store = Store(db, durability, connection_factory=_SharedConnection)
 
     class Loop:  # the service's timers, run under the lock on a thread of their own
         def call_soon(self, callback, *args):

@@ -184,11 +184,18 @@ class DrawState:
 
 
 class Store:
-    """Owns the SQLite connection, its one open transaction, and the schema."""
+    """Owns the SQLite connection, its one open transaction, and the schema.
+
+    `connection_factory` is the sqlite3.Connection class it opens: the seam through
+    which tests and the bench give it a connection that fails on purpose or is shared
+    across threads, instead of reaching into the store.
+    """
+
+    connection_factory: type[sqlite3.Connection] = sqlite3.Connection
 
     def __init__(
         self, path: str | Path, durability: str = "full", slow_commit_warning: float = 0.05, read_only: bool = False,
-        rows_per_insert: int | None = None,
+        rows_per_insert: int | None = None, connection_factory: type[sqlite3.Connection] | None = None,
     ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
@@ -196,6 +203,8 @@ class Store:
         self.durability = durability
         self.slow_commit_warning = slow_commit_warning
         self.read_only = read_only
+        if connection_factory is not None:
+            self.connection_factory = connection_factory
         self._in_transaction = False
         self._rows_since_checkpoint = 0
         self._identity: dict[str, tuple[int, int]] = {}
@@ -215,12 +224,13 @@ class Store:
     def _connect(self) -> sqlite3.Connection:
         if self.read_only:
             db = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                 timeout=OPEN_BUSY_TIMEOUT)
+                                 timeout=OPEN_BUSY_TIMEOUT, factory=self.connection_factory)
             self._check_ours(db)
             return db
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, cached_statements=512, timeout=OPEN_BUSY_TIMEOUT)
+        db = sqlite3.connect(self.path, isolation_level=None, cached_statements=512, timeout=OPEN_BUSY_TIMEOUT,
+                             factory=self.connection_factory)
         self._check_ours(db)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={DURABILITY[self.durability]}")
@@ -413,15 +423,19 @@ class Store:
         return self._in_transaction
 
     def commit(self) -> None:
-        """Ends the turn's transaction; on failure rolls it back and raises StorageError."""
+        """Ends the turn's transaction; on failure rolls it back and raises StorageError
+        (or, for an error that is not SQLite's, that error: rolled back all the same,
+        so nothing of the turn can be committed later by the next turn's COMMIT)."""
         if not self._in_transaction:
             return
         started = time.monotonic()
         try:
             self._db.execute("COMMIT")
-        except sqlite3.Error as error:
+        except BaseException as error:
             self._rollback()
-            raise StorageError(f"commit failed: {error}", transaction_lost=True) from error
+            if isinstance(error, sqlite3.Error):
+                raise StorageError(f"commit failed: {error}", transaction_lost=True) from error
+            raise
         finally:
             self._in_transaction = False
         elapsed = self._timed("commit", started)

@@ -321,23 +321,24 @@ def run_agencies(port: int, files: dict[int, Path], **config) -> dict:
 # --- the service's loop and connection, turned by the test ---------------------------------------
 class FakeLoop:
     """The loop as the lottery service sees it: callbacks and timers wait in `ready`
-    until the test runs them (`run_ready`); time stands still."""
+    until the test runs them (`run_ready`); time moves only to a timer's due time, when
+    that timer runs, so a backoff ends when the test turns past it."""
 
     def __init__(self) -> None:
         self.ready = []
+        self.now = 0.0
 
     def call_soon(self, callback, *args) -> None:
-        self.ready.append((callback, args))
+        self.ready.append((None, callback, args))
 
     def call_later(self, delay, callback, *args) -> None:
-        self.call_soon(callback, *args)
+        self.call_at(self.now + delay, callback, *args)
 
     def call_at(self, when, callback, *args) -> None:
-        self.call_soon(callback, *args)
+        self.ready.append((when, callback, args))
 
-    @staticmethod
-    def time() -> float:
-        return 0.0
+    def time(self) -> float:
+        return self.now
 
     @staticmethod
     def isolate(owner, callback, *args):
@@ -346,7 +347,9 @@ class FakeLoop:
     def run_ready(self) -> None:
         """Runs what was ready; what those callbacks schedule waits for the next call."""
         ready, self.ready = self.ready, []
-        for callback, args in ready:
+        for when, callback, args in ready:
+            if when is not None:
+                self.now = max(self.now, when)
             callback(*args)
 
 

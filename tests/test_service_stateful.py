@@ -9,7 +9,6 @@ must leave the store equal to the model and answer each request as the model say
 
 from __future__ import annotations
 
-import sqlite3
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -17,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import protocol as p
 from reactor.service import Lottery, LotteryConfig
 from reactor.store import Store
+from tests.faults import FlagConnection
 from tests.harness import FakeConnection, FakeLoop
 
 AGENCIES = 3
@@ -29,46 +29,18 @@ def bet(agency: int, seq: int, valid: bool = True) -> p.Bet:
                  WINNING if seq % 5 == 0 else seq % 1000)
 
 
-class FailingCommits:
-    """Wraps the store's SQLite connection: while `fail` is set, COMMIT rolls back and
-    raises SQLite's disk-full error, so Store.commit's real error path runs."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self.fail = False
-
-    def execute(self, sql, *args):
-        if self.fail and sql == "COMMIT":
-            self._db.execute("ROLLBACK")
-            raise sqlite3.OperationalError("database or disk is full")
-        return self._db.execute(sql, *args)
-
-    def __getattr__(self, name):
-        return getattr(self._db, name)
-
-
 class LotteryMachine(RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
-        self.store = Store(":memory:")
-        self.commits = self.store._db = FailingCommits(self.store._db)
-        for name in ("stage_bets", "stage_done"):
-            setattr(self.store, name, self._failing_when_full(getattr(self.store, name)))
+        # The store's own connection, failing on purpose through its seam: a full disk
+        # fails the statements that write, failing commits roll back and raise.
+        self.faults = type("Faults", (FlagConnection,), {})
+        self.store = Store(":memory:", connection_factory=self.faults)
         self.loop = FakeLoop()
         self.lottery = Lottery(self.store, LotteryConfig(agencies=AGENCIES, winning_number=WINNING), self.loop)
         self.sessions: dict[int, tuple] = {}  # agency -> (session, connection)
         self.stored = {a: 0 for a in range(1, AGENCIES + 1)}
         self.done = {a: False for a in range(1, AGENCIES + 1)}
-        self.disk_full = False
-
-    def _failing_when_full(self, stage):
-        def maybe_fail(*args):
-            if self.disk_full:  # SQLite's own error, raised inside the store's savepoint
-                with self.store._piece():
-                    raise sqlite3.OperationalError("database or disk is full")
-            return stage(*args)
-
-        return maybe_fail
 
     def turn(self) -> None:
         self.loop.run_ready()
@@ -136,12 +108,12 @@ class LotteryMachine(RuleBasedStateMachine):
                 expected.append(p.Ack(first, count))
             elif self.done[agency]:
                 expected.append((E.AGENCY_CLOSED, first))
-            elif self.disk_full:
+            elif self.faults.disk_full:
                 expected.append((E.STORAGE_FAILED, first))
             else:
                 staged = last
                 expected.append(p.Ack(first, count))
-        if self.commits.fail:  # every reply that waited for the turn's commit fails instead
+        if self.faults.fail_commits:  # every reply that waited for the turn's commit fails instead
             durable = self.stored[agency]
             expected = [
                 (E.STORAGE_FAILED, e.first) if isinstance(e, p.Ack) and e.first + e.count - 1 > durable else e
@@ -161,7 +133,7 @@ class LotteryMachine(RuleBasedStateMachine):
             return
         held = [a for a, (s, _) in self.sessions.items() if s.holds_query]
         replies = self.send(agency, p.Done())
-        if (self.disk_full or self.commits.fail) and not self.done[agency]:
+        if (self.faults.disk_full or self.faults.fail_commits) and not self.done[agency]:
             assert [(r.code, r.first) for r in replies] == [(E.STORAGE_FAILED, 0)]
             return
         assert replies == [p.DoneAck()]
@@ -188,11 +160,11 @@ class LotteryMachine(RuleBasedStateMachine):
 
     @rule()
     def disk_fills_or_empties(self) -> None:
-        self.disk_full = not self.disk_full
+        self.faults.disk_full = not self.faults.disk_full
 
     @rule()
     def commits_start_or_stop_failing(self) -> None:
-        self.commits.fail = not self.commits.fail
+        self.faults.fail_commits = not self.faults.fail_commits
 
     @invariant()
     def store_equals_model(self) -> None:
