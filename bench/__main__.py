@@ -98,7 +98,7 @@ class Server:
             # The deadlines are the tests' business: no run, however slow the machine, is cut by one.
             command = ["-m", module, *ours_arguments(db, agencies, durability), "--port", str(self.port),
                        "--handshake-timeout", "3600", "--idle-timeout", "3600", "--frame-timeout", "3600",
-                       "--max-connections", "20000", "--admin-port", "off", *extra]
+                       "--max-connections", "20000", "--max-unidentified", "20000", "--admin-port", "off", *extra]
         else:
             command = ["-m", "bench.servers", kind, "--port", str(self.port), "--db", str(db),
                        "--agencies", str(agencies), "--durability", durability]

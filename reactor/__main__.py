@@ -27,6 +27,7 @@ from runtime.settings import (
     choice,
     load_settings,
     log_level,
+    non_negative_int,
     positive_float,
     positive_int,
     program_name,
@@ -112,6 +113,9 @@ OPTIONS = [
            "digest (PROTOCOL.md version 2): anyone can check it"),
     Option("max_connections", "SERVER_MAX_CONNECTIONS", "server", "max_connections", 20000, positive_int,
            "connections served at once; above it a peer gets SERVER_BUSY"),
+    Option("max_unidentified", "SERVER_MAX_UNIDENTIFIED", "server", "max_unidentified", 0, non_negative_int,
+           "connections that have not sent HELLO yet, at most; the oldest makes room for a newcomer "
+           "(0: a quarter of --max-connections, at least 16)"),
     Option("handshake_timeout", "SERVER_HANDSHAKE_TIMEOUT", "server", "handshake_timeout", 10.0, positive_float,
            "seconds a new connection has to send HELLO"),
     Option("idle_timeout", "SERVER_IDLE_TIMEOUT", "server", "idle_timeout", 60.0, positive_float,
@@ -204,6 +208,7 @@ def _serve(settings, logs: BufferedLogHandler | None) -> int:
         server = Server(
             loop, lottery, settings.host, settings.port, limits,
             settings.max_connections, settings.drain_timeout, tls,
+            max_unidentified=settings.max_unidentified or None,
         )
     except (LotteryMismatch, DatabaseUnusable, sqlite3.DatabaseError) as error:  # or pages damaged past the header
         log_event(log, logging.ERROR, "open_database", "fail", db=settings.db, error=str(error).replace("|", "/"))

@@ -208,6 +208,7 @@ class Connection:
 
     def release_reading(self) -> None:
         if Pause.HOLD in self._paused:
+            self._last_progress = self.loop.time()  # held is not idle: the idle clock starts again
             self._resume(Pause.HOLD)
 
     def close(self) -> None:
