@@ -245,7 +245,7 @@ def _serve(settings, logs: BufferedLogHandler | None) -> int:
     try:
         end_of_turn()  # the start's lines go out (or wait to be watched for) before the first turn
         loop.run()
-        end_of_turn()  # anything staged in the last turn is committed before closing
+        end_of_turn(final=True)  # anything staged in the last turns is committed before closing
     except DatabaseLost as error:
         log_event(log, logging.ERROR, "stop", "fail", reason=error, acknowledged="nothing after it")
         return _close(loop, store, lock, settings.db, EXIT_FAULT, server)

@@ -14,7 +14,7 @@ replies go out, or become STORAGE_FAILED) and lets the draw take its next step.
 A fault the loop isolated anywhere in a turn rolls the whole turn back
 (`fault_in_turn`): what it staged may be half done.
 
-Per agency (`AgencyAccount`): `committed` (durable), `staged` (what this turn adds),
+Per agency (`AgencyAccount`): `committed` (durable), `staged` (what the open transaction adds: the turns since the last commit),
 DONE, and its one live session. Global: the expected agencies and the draw. All of
 it is rebuilt from the store at start, after checking that the store holds this
 lottery (`LotteryMismatch` otherwise).
@@ -58,9 +58,9 @@ MISSING_EVERY = 30.0  # seconds between the lines naming the agencies the draw s
 
 @dataclass
 class AgencyAccount:
-    """One agency at the central: what is durable, what this turn staged, its DONE,
+    """One agency at the central: what is durable, what is staged since the last commit, its DONE,
     its digest (over the staged bets; `turn_mark` is where the durable ones end while
-    this turn added some), and its one live session."""
+    uncommitted bets were added), and its one live session."""
 
     number: int
     committed: int = 0
@@ -70,7 +70,7 @@ class AgencyAccount:
     session: Session | None = None
     digest: AgencyDigest = field(default_factory=AgencyDigest)
     turn_mark: DigestMark | None = None
-    tail_rowid: int | None = None  # where this turn's bets started the digest's unfinished block
+    tail_rowid: int | None = None  # where uncommitted bets started the digest's unfinished block
 
     def durable_digest(self) -> bytes:
         """digest(committed): the receipt for what is durable now."""
@@ -115,20 +115,21 @@ class Lottery:
         self.agencies = {n: AgencyAccount(n) for n in range(1, config.agencies + 1)}
         self.sessions: set[Session] = set()
         self._waiting: set[Session] = set()
-        self._stored_this_turn: list[tuple[AgencyAccount, int]] = []
-        self._turn_lost: str | None = None  # why this turn's transaction cannot be committed
+        self._stored_uncommitted: list[tuple[AgencyAccount, int]] = []
+        self._turn_lost: str | None = None  # why the open transaction cannot be committed
         self._announced = False  # the draw was announced in this turn's commit step
+        self.bets_awaiting_commit = 0  # staged since the last commit
         self.draining = False
         # Figures the admin side reads (counted per batch or per turn, never per bet).
         self.batches_acked = 0
         self.batches_refused = 0
-        self._acks_waiting = 0  # ACKs of this turn that wait for its commit
+        self._acks_waiting = 0  # ACKs that wait for the next commit
         self.errors_sent: dict[ErrorCode, int] = dict.fromkeys(ErrorCode, 0)
         # The store's last turn of work failed (a piece staged, or the commit): /readyz says so.
         self.last_commit_failed = False
-        self._store_failed = False  # a piece of this turn's store work failed (a full disk fails there)
+        self._store_failed = False  # a piece of the open transaction's work failed (a full disk fails there)
         self._missing_timer = None
-        self._touched: list[AgencyAccount] = []  # accounts whose digest this turn moved
+        self._touched: list[AgencyAccount] = []  # accounts whose digest moved since the last commit
         self.record = self._adopt_database()
         seed = self.record.seed
         self.draw = Draw(store, loop, self._winning_number,
@@ -174,7 +175,7 @@ class Lottery:
         ack = Ack(batch.first, batch.count)
         if batch.last <= account.staged:  # stored before: nothing to store again
             log_event(log, logging.INFO, "apuesta_recibida", "success", cantidad=0, agency=account.number)
-            # durable only once this turn commits, when this turn staged it
+            # durable only once the next commit is done, when it was staged since the last
             waits = batch.last > account.committed
             if waits:
                 self._acks_waiting += 1
@@ -197,7 +198,8 @@ class Lottery:
         if tail_at is not None:
             account.tail_rowid = first_rowid + tail_at
         account.staged = batch.last
-        self._stored_this_turn.append((account, len(new_bets)))
+        self._stored_uncommitted.append((account, len(new_bets)))
+        self.bets_awaiting_commit += len(new_bets)
         self._acks_waiting += 1
         return Reply.of(ack, waits_for_commit=True, first=batch.first)
 
@@ -274,6 +276,11 @@ class Lottery:
     def _lose_turn(self, why: str) -> None:
         self._turn_lost = why
 
+    @property
+    def turn_lost(self) -> bool:
+        """What was staged cannot be committed: the end of the turn must roll it back now."""
+        return self._turn_lost is not None
+
     def fault_in_turn(self, error: BaseException) -> None:
         """The loop isolated a fault: whatever the turn staged may be half done, so the
         turn is rolled back (its waiting replies become STORAGE_FAILED)."""
@@ -318,7 +325,7 @@ class Lottery:
             self.store.rollback()  # what was staged after the loss cannot stand alone
         self._turn_lost = None
         if committed:
-            for account, count in self._stored_this_turn:
+            for account, count in self._stored_uncommitted:
                 log_event(log, logging.INFO, "apuesta_recibida", "success", cantidad=count, agency=account.number)
             for account in self.agencies.values():
                 account.committed = account.staged
@@ -342,8 +349,9 @@ class Lottery:
             self.batches_refused += self._acks_waiting
             self.draw.turn_failed()
         self._acks_waiting = 0
-        self._stored_this_turn.clear()
+        self._stored_uncommitted.clear()
         self._touched.clear()
+        self.bets_awaiting_commit = 0
         return committed
 
     def _tell_missing(self) -> None:
@@ -358,7 +366,7 @@ class Lottery:
         self._missing_timer = self._loop.call_later(MISSING_EVERY, self._tell_missing)
 
     def _stage_accounts(self) -> None:
-        """Each agency that stored bets this turn: its committed and digest state, in
+        """Each agency that stored bets since the last commit: its committed and digest state, in
         one statement a turn (not one a batch), beside its bets."""
         for account in self._touched:
             new_blocks = account.digest.completed_blocks(account.committed // BLOCK_BETS)
