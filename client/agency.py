@@ -136,7 +136,7 @@ class AgencyConfig:
     agency: int
     host: str = "127.0.0.1"
     port: int = 12345
-    max_amount: int = 120
+    max_amount: int = 150
     window: int = 8
     token: str = ""
     retries: int = 10  # new sessions after the first, before giving up
