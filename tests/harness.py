@@ -219,6 +219,21 @@ def write_rows(path: Path, rows: int, agency: int = 1, seed: int = 1) -> Path:
     return path
 
 
+def agency_process(port: int, agency: int, data: Path, *args: str) -> subprocess.Popen:
+    """`python -m client` for one agency against a central on 127.0.0.1, its output in one text pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "client", "--agency", str(agency), "--server", f"127.0.0.1:{port}",
+         "--data", str(data), *args],
+        cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    """Waits for an `agency_process`: its exit code and everything it printed."""
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
 def exported_rows(db: Path) -> list[list[str]]:
     out = subprocess.run(
         [sys.executable, "-m", "reactor", "export", "--db", str(db), "--csv", "-"],

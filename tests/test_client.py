@@ -7,26 +7,14 @@ import signal
 import subprocess
 import sys
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
 from client import BetFile, InvalidRow
 from datagen import bet_line, generate_bets
-from tests.harness import ROOT, ServerProcess, env_for, file_rows, stored_rows, wait_until, write_rows
-
-
-def client(port: int, agency: int, data: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "client", "--agency", str(agency), "--server", f"127.0.0.1:{port}",
-         "--data", str(data), *args],
-        cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
+from tests.harness import (
+    ROOT, ServerProcess, agency_process, env_for, file_rows, finish, stored_rows, wait_until, write_rows,
+)
 
 
 CASES = [(m, r) for m in (10, 64, 99) for r in (16, 21, 64, 99)]
@@ -37,7 +25,7 @@ def test_batches_are_exactly_max_amount_but_the_last_and_cantidad_sums_to_the_ro
         procs = []
         for agency, (max_amount, rows) in enumerate(CASES, start=1):
             data = write_rows(tmp_path / f"agency-{agency}.csv", rows, agency)
-            procs.append(client(server.port, agency, data, "--batch-max-amount", str(max_amount), "--log-level", "DEBUG"))
+            procs.append(agency_process(server.port, agency, data, "--batch-max-amount", str(max_amount), "--log-level", "DEBUG"))
         outputs = [finish(proc) for proc in procs]
     # the server has stopped: every line it logged is read
     for agency, ((max_amount, rows), (code, out)) in enumerate(zip(CASES, outputs), start=1):
@@ -56,39 +44,20 @@ def test_batches_are_exactly_max_amount_but_the_last_and_cantidad_sums_to_the_ro
 def test_a_killed_client_rerun_with_another_batch_size_stores_every_row_once(tmp_path):
     data = write_rows(tmp_path / "agency-1.csv", 40_000)
     with ServerProcess(tmp_path / "bets.db", "--agencies", "1") as server:
-        first = client(server.port, 1, data, "--batch-max-amount", "37", "--window", "2")
+        first = agency_process(server.port, 1, data, "--batch-max-amount", "37", "--window", "2")
         assert wait_until(lambda: len(server.log_lines("apuesta_recibida", "success")) > 20, timeout=30)
         first.kill()
         first.wait()
         stored_before = sum(server.stored_counts())
         assert 0 < stored_before < 40_000
-        code, out = finish(client(server.port, 1, data, "--batch-max-amount", "150"))
+        code, out = finish(agency_process(server.port, 1, data, "--batch-max-amount", "150"))
         assert code == 0, out
     assert stored_rows(tmp_path / "bets.db", 1) == file_rows(data)
 
 
-def test_the_server_restarting_mid_stream_the_client_reconnects_and_finishes_once(tmp_path):
-    data = write_rows(tmp_path / "agency-1.csv", 60_000)
-    db = tmp_path / "bets.db"
-    server = ServerProcess(db, "--agencies", "1").start()
-    port = server.port
-    proc = client(port, 1, data, "--batch-max-amount", "50", "--retries", "50")
-    assert wait_until(lambda: len(server.log_lines("apuesta_recibida", "success")) > 20, timeout=30)
-    server.kill()  # SIGKILL: a crash, not a drain
-    server = ServerProcess(db, "--agencies", "1", "--port", str(port)).start()
-    try:
-        code, out = finish(proc)
-    finally:
-        server.stop()
-    assert code == 0, out
-    # it lost its session and came back, and never gave up
-    assert "action: conexion | result: in_progress" in out and "action: conexion | result: fail" not in out
-    assert stored_rows(db, 1) == file_rows(data)
-
-
 def test_no_server_gives_up_after_the_retries_with_one_fail_line(tmp_path):
     data = write_rows(tmp_path / "agency-1.csv", 10)
-    code, out = finish(client(1, 1, data, "--retries", "2"))
+    code, out = finish(agency_process(1, 1, data, "--retries", "2"))
     assert code == 1
     assert out.count("action: conexion | result: in_progress") == 2
     assert out.count("action: conexion | result: fail") == 1
@@ -101,11 +70,11 @@ def test_invalid_rows_stop_by_default_and_skip_reports_them(tmp_path):
     data = tmp_path / "agency-1.csv"
     data.write_text("".join(rows), encoding="utf-8", newline="")
     with ServerProcess(tmp_path / "bets.db", "--agencies", "1") as server:
-        code, out = finish(client(server.port, 1, data, "--batch-max-amount", "5"))
+        code, out = finish(agency_process(server.port, 1, data, "--batch-max-amount", "5"))
         assert code == 3, out
         assert f"action: fila_invalida | result: fail | agency: 1 | file: {data}:10 | field: document" in out
         assert sum(server.stored_counts()) == 9  # every row before the invalid one, nothing past it
-        code, out = finish(client(server.port, 1, data, "--on-invalid", "skip", "--batch-max-amount", "5"))
+        code, out = finish(agency_process(server.port, 1, data, "--on-invalid", "skip", "--batch-max-amount", "5"))
         assert code == 0, out
         # the same line under skip, only its result and policy differ
         assert f"action: fila_invalida | result: in_progress | agency: 1 | file: {data}:10 | field: document" in out
@@ -118,14 +87,14 @@ def test_invalid_rows_stop_by_default_and_skip_reports_them(tmp_path):
 def test_sigterm_closes_and_exits_interrupted_and_a_rerun_resumes(tmp_path):
     data = write_rows(tmp_path / "agency-1.csv", 40_000)
     with ServerProcess(tmp_path / "bets.db", "--agencies", "1") as server:
-        proc = client(server.port, 1, data, "--batch-max-amount", "20", "--window", "1")
+        proc = agency_process(server.port, 1, data, "--batch-max-amount", "20", "--window", "1")
         assert wait_until(lambda: len(server.log_lines("apuesta_recibida", "success")) > 20, timeout=30)
         proc.send_signal(signal.SIGTERM)
         code, out = finish(proc)
         assert code == 128 + signal.SIGTERM
         assert "action: interrupcion | result: success" in out
         assert "action: close_socket | result: success" in out and "action: close_file | result: success" in out
-        code, out = finish(client(server.port, 1, data))
+        code, out = finish(agency_process(server.port, 1, data))
         assert code == 0, out
     assert stored_rows(tmp_path / "bets.db", 1) == file_rows(data)
 

@@ -7,7 +7,6 @@ client's code.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -16,13 +15,10 @@ from pathlib import Path
 import protocol as p
 from client import Agency, AgencyConfig, BetFile
 from datagen import bet_line, generate_bets
-from tests.harness import ROOT, Peer, ServerProcess, exported_rows, file_rows, wait_until
+from tests.harness import (
+    ROOT, Peer, ServerProcess, agency_process, env_for, exported_rows, file_rows, finish, wait_until, write_rows,
+)
 from tests.test_digest import reference_digest
-
-
-def write_rows(path: Path, agency: int, rows: int, seed: int = 1) -> Path:
-    path.write_text("".join(bet_line(b) for b in generate_bets(agency, rows, seed)), encoding="utf-8", newline="")
-    return path
 
 
 def bets_of(rows: list[list[str]]) -> list[tuple]:
@@ -32,20 +28,6 @@ def bets_of(rows: list[list[str]]) -> list[tuple]:
 def receipt_of(path: Path, rows: int | None = None) -> bytes:
     """digest(n) of the file's first `rows` rows (all of them by default): the receipt its agency must get."""
     return reference_digest(bets_of(file_rows(path))[:rows])
-
-
-def client(port: int, agency: int, data: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "client", "--agency", str(agency), "--server", f"127.0.0.1:{port}",
-         "--data", str(data), *args],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
 
 
 def stored(db: Path, agency: int) -> list[list[str]]:
@@ -82,7 +64,7 @@ def run_concurrently(port: int, runs: dict[int, tuple[Path, dict]]) -> dict:
 
 def test_five_agencies_on_version_2_each_hold_the_receipt_of_their_file(tmp_path):
     sizes = {1: 2500, 2: 1024, 3: 1, 4: 3000, 5: 700}
-    files = {agency: write_rows(tmp_path / f"agency-{agency}.csv", agency, rows) for agency, rows in sizes.items()}
+    files = {agency: write_rows(tmp_path / f"agency-{agency}.csv", rows, agency) for agency, rows in sizes.items()}
     with ServerProcess(tmp_path / "bets.db", "--agencies", "5") as server:
         results = run_concurrently(server.port, {agency: (path, {"max_amount": 99}) for agency, path in files.items()})
     for agency, result in results.items():
@@ -91,12 +73,13 @@ def test_five_agencies_on_version_2_each_hold_the_receipt_of_their_file(tmp_path
         assert result.receipt == receipt_of(files[agency])
 
 
-def test_a_central_killed_mid_ingest_restarts_and_its_welcome_digest_still_matches(tmp_path):
-    data = write_rows(tmp_path / "agency-1.csv", 1, 60_000)
+def test_a_central_killed_mid_ingest_the_agency_resumes_once_and_its_receipt_still_matches(tmp_path):
+    """The restart's WELCOME digest comes from what the central persisted, not from rereading the bets."""
+    data = write_rows(tmp_path / "agency-1.csv", 60_000, 1)
     db = tmp_path / "bets.db"
     server = ServerProcess(db, "--agencies", "1").start()
     port = server.port
-    proc = client(port, 1, data, "--batch-max-amount", "50", "--retries", "50")
+    proc = agency_process(port, 1, data, "--batch-max-amount", "50", "--retries", "50")
     assert wait_until(lambda: len(server.log_lines("apuesta_recibida", "success")) > 20, timeout=60)
     server.kill()  # SIGKILL: a crash, not a drain
     server = ServerProcess(db, "--agencies", "1", "--port", str(port)).start()
@@ -112,16 +95,16 @@ def test_a_central_killed_mid_ingest_restarts_and_its_welcome_digest_still_match
 
 
 def test_a_rerun_with_another_agencys_file_is_refused_and_stores_nothing_of_it(tmp_path):
-    mine = write_rows(tmp_path / "agency-1.csv", 1, 40_000)
-    other = write_rows(tmp_path / "agency-2.csv", 2, 40_000)
+    mine = write_rows(tmp_path / "agency-1.csv", 40_000, 1)
+    other = write_rows(tmp_path / "agency-2.csv", 40_000, 2)
     db = tmp_path / "bets.db"
     with ServerProcess(db, "--agencies", "1") as server:
-        first = client(server.port, 1, mine, "--batch-max-amount", "37", "--window", "2")
+        first = agency_process(server.port, 1, mine, "--batch-max-amount", "37", "--window", "2")
         assert wait_until(lambda: len(server.log_lines("apuesta_recibida", "success")) > 20, timeout=60)
         first.kill()  # interrupted part way, as in the issue
         first.wait()
 
-        code, out = finish(client(server.port, 1, other, "--log-level", "DEBUG"))
+        code, out = finish(agency_process(server.port, 1, other, "--log-level", "DEBUG"))
         assert code == 5, out
         (line,) = fail_lines(out)
         assert "action: verificacion_archivo | result: fail | agency: 1" in line and str(other) in line
@@ -131,7 +114,7 @@ def test_a_rerun_with_another_agencys_file_is_refused_and_stores_nothing_of_it(t
         now = stored(db, 1)  # the killed run's last batches may have landed after that WELCOME: more of mine
         assert len(now) >= held and now == file_rows(mine)[: len(now)]
 
-        code, out = finish(client(server.port, 1, mine))  # the right file resumes
+        code, out = finish(agency_process(server.port, 1, mine))  # the right file resumes
         assert code == 0, out
     assert stored(db, 1) == file_rows(mine)
 
@@ -143,7 +126,7 @@ def test_a_file_edited_in_a_row_the_central_holds_or_cut_short_is_refused(tmp_pa
     data.write_text("".join(lines), encoding="utf-8", newline="")
     db = tmp_path / "bets.db"
     with ServerProcess(db, "--agencies", "1") as server:
-        code, out = finish(client(server.port, 1, data, "--batch-max-amount", "10"))
+        code, out = finish(agency_process(server.port, 1, data, "--batch-max-amount", "10"))
         assert code == 3, out
         assert len(stored(db, 1)) == 199
         fixed = [bet_line(b) for b in generate_bets(1, 300)]
@@ -153,25 +136,25 @@ def test_a_file_edited_in_a_row_the_central_holds_or_cut_short_is_refused(tmp_pa
         fields[2] = "11111111"  # another document in a row the central holds
         edited[49] = ",".join(fields)
         data.write_text("".join(edited), encoding="utf-8", newline="")
-        code, out = finish(client(server.port, 1, data))
+        code, out = finish(agency_process(server.port, 1, data))
         assert code == 5, out
         assert "the central holds 199 bets of agency 1 and they differ from this file's first 199" in out
 
         data.write_text("".join(fixed[:100]), encoding="utf-8", newline="")
-        code, out = finish(client(server.port, 1, data))
+        code, out = finish(agency_process(server.port, 1, data))
         assert code == 5, out
         assert "the central holds 199 bets of agency 1 and this file has only 100" in out
         assert len(stored(db, 1)) == 199  # neither run sent a bet
 
         data.write_text("".join(fixed), encoding="utf-8", newline="")  # the row fixed, the rest as sent
-        code, out = finish(client(server.port, 1, data))
+        code, out = finish(agency_process(server.port, 1, data))
         assert code == 0, out
         assert f"sha256: {receipt_of(data).hex()}" in out
     assert stored(db, 1) == file_rows(data)
 
 
 def test_a_version_1_and_a_version_2_agency_share_one_central(tmp_path):
-    files = {agency: write_rows(tmp_path / f"agency-{agency}.csv", agency, 1500) for agency in (1, 2, 3)}
+    files = {agency: write_rows(tmp_path / f"agency-{agency}.csv", 1500, agency) for agency in (1, 2, 3)}
     with ServerProcess(tmp_path / "bets.db", "--agencies", "3") as server:
         # Agency 3 speaks version 1 by hand: every answer must parse in version 1's layouts.
         peer = Peer(server.port)
@@ -277,13 +260,13 @@ class FakeCentral:
 
 def run_against(fake: FakeCentral, data: Path, *args: str) -> tuple[int, str]:
     try:
-        return finish(client(fake.port, 1, data, "--retries", "3", *args), timeout=120)
+        return finish(agency_process(fake.port, 1, data, "--retries", "3", *args), timeout=120)
     finally:
         fake.close()
 
 
 def test_a_central_that_speaks_only_version_1_is_asked_again_in_version_1(tmp_path):
-    data = write_rows(tmp_path / "agency-1.csv", 1, 500)
+    data = write_rows(tmp_path / "agency-1.csv", 500, 1)
     fake = FakeCentral(versions=(1,))
     code, out = run_against(fake, data)
     assert code == 0, out
@@ -295,7 +278,7 @@ def test_a_central_that_speaks_only_version_1_is_asked_again_in_version_1(tmp_pa
 
 
 def test_a_receipt_that_does_not_name_the_bets_sent_is_exit_6(tmp_path):
-    data = write_rows(tmp_path / "agency-1.csv", 1, 500)
+    data = write_rows(tmp_path / "agency-1.csv", 500, 1)
     code, out = run_against(FakeCentral(wrong_receipt=True), data)
     assert code == 6, out
     (line,) = fail_lines(out)
@@ -305,7 +288,7 @@ def test_a_receipt_that_does_not_name_the_bets_sent_is_exit_6(tmp_path):
 
 
 def test_a_right_receipt_is_on_the_final_line(tmp_path):
-    data = write_rows(tmp_path / "agency-1.csv", 1, 2049)
+    data = write_rows(tmp_path / "agency-1.csv", 2049, 1)
     fake = FakeCentral()
     code, out = run_against(fake, data, "--batch-max-amount", "7")
     assert code == 0, out
@@ -315,7 +298,7 @@ def test_a_right_receipt_is_on_the_final_line(tmp_path):
 
 
 def test_errors_the_protocol_says_to_retry_start_a_new_session_others_end_the_run(tmp_path):
-    data = write_rows(tmp_path / "agency-1.csv", 1, 300)
+    data = write_rows(tmp_path / "agency-1.csv", 300, 1)
     for code in (p.ErrorCode.STORAGE_FAILED, p.ErrorCode.SEQUENCE_GAP):
         fake = FakeCentral(refuse_first_batch=code)
         exit_code, out = run_against(fake, data)
@@ -327,7 +310,7 @@ def test_errors_the_protocol_says_to_retry_start_a_new_session_others_end_the_ru
 
 
 def test_a_central_that_dies_in_the_middle_of_a_frame_is_a_lost_session(tmp_path):
-    data = write_rows(tmp_path / "agency-1.csv", 1, 300)
+    data = write_rows(tmp_path / "agency-1.csv", 300, 1)
     fake = FakeCentral(cut_first_welcome=True)
     code, out = run_against(fake, data)
     assert code == 0, out
@@ -339,11 +322,11 @@ def test_a_central_that_dies_in_the_middle_of_a_frame_is_a_lost_session(tmp_path
 
 def digest_command(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "client", "digest", *args], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+                          env=env_for(), capture_output=True, text=True, timeout=60)
 
 
 def test_digest_prints_the_receipt_of_a_files_first_bets(tmp_path):
-    data = write_rows(tmp_path / "agency-1.csv", 1, 2049)
+    data = write_rows(tmp_path / "agency-1.csv", 2049, 1)
     for rows in (None, 0, 1, 1023, 1024, 1025, 2048):
         done = digest_command("--data", str(data), *([] if rows is None else ["--rows", str(rows)]))
         assert done.returncode == 0, done.stderr
@@ -352,7 +335,7 @@ def test_digest_prints_the_receipt_of_a_files_first_bets(tmp_path):
 
 
 def test_digest_applies_the_agencys_row_rules(tmp_path):
-    clean = write_rows(tmp_path / "clean.csv", 1, 50)
+    clean = write_rows(tmp_path / "clean.csv", 50, 1)
     rows = clean.read_text(encoding="utf-8").splitlines(keepends=True)
     messy = tmp_path / "messy.csv"  # a BOM, spaces around fields, LF, a blank line, an invalid row
     messy.write_text("\ufeff" + "".join(" " + row.replace(",", " ,\t").replace("\r\n", "\n") for row in rows[:20])
@@ -367,7 +350,7 @@ def test_digest_applies_the_agencys_row_rules(tmp_path):
 
 
 def test_digest_mistakes_are_one_line_and_their_exit_code(tmp_path):
-    data = write_rows(tmp_path / "agency-1.csv", 1, 10)
+    data = write_rows(tmp_path / "agency-1.csv", 10, 1)
     for args, code, message in [
         (["--data", str(data), "--rows", "11"], 1, "has 10 bets, fewer than --rows 11"),
         (["--data", str(tmp_path / "missing.csv")], 2, "missing.csv: No such file or directory"),
