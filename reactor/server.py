@@ -22,6 +22,7 @@ import selectors
 import socket
 import ssl
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 from protocol import Error, ErrorCode, ProtocolError, encode
@@ -59,6 +60,16 @@ class Pool:
     accepted: int = 0
     refused: int = 0
     evicted: int = 0
+    # What each connection calls back. Made once per pool, not per connection: two
+    # closures for each connection would cost every idle peer about 400 bytes.
+    on_closed: Callable[[Connection], None] | None = None  # set by the server that owns the pool
+    on_identified: Callable[[Connection], None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.on_identified = self._identified
+
+    def _identified(self, connection: Connection) -> None:
+        self.unidentified.pop(connection, None)
 
 
 class Listener:
@@ -145,6 +156,7 @@ class Server:
             max_unidentified or min(max_connections, max(16, max_connections // 4)),
             new_handler=lottery.new_session, busy_frame=_BUSY_FRAME, tls=tls,
         )
+        self.agencies.on_closed = partial(self._connection_closed, self.agencies)
         self.admin: Pool | None = None
         self.admin_port: int | None = None
         self._draining = False
@@ -159,6 +171,7 @@ class Server:
         """Listens for the admin side on its own port, served by the same loop."""
         self.admin = Pool("admin", limits, ADMIN_MAX_CONNECTIONS, ADMIN_MAX_CONNECTIONS // 2, new_handler,
                           new_decoder, decode_error)
+        self.admin.on_closed = partial(self._connection_closed, self.admin)
         self._admin_listener = Listener(self.loop, host, port, 128,
                                         lambda sock, peer: self._accepted(self.admin, sock, peer))
         self.admin_port = self._admin_listener.port
@@ -193,8 +206,7 @@ class Server:
             return
         pool.accepted += 1
         connection = Connection(
-            self.loop, sock, peer, pool.limits, lambda c: self._connection_closed(pool, c), self.budget,
-            on_established=lambda c: pool.unidentified.pop(c, None),
+            self.loop, sock, peer, pool.limits, pool.on_closed, self.budget, on_established=pool.on_identified,
             decoder=pool.new_decoder() if pool.new_decoder else None, decode_error=pool.decode_error,
         )
         pool.connections.add(connection)
