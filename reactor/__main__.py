@@ -258,6 +258,7 @@ def _serve(settings, logs: BufferedLogHandler | None) -> int:
         longest_turn_ms=f"{loop.longest_turn * 1000:.1f}",
         commits=store.commits,
         longest_commit_ms=f"{store.longest_commit * 1000:.1f}",
+        longest_checkpoint_ms=f"{store.longest_checkpoint * 1000:.1f}",
         connections_accepted=server.accepted,
         faults=loop.faults,
     )

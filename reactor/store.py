@@ -210,6 +210,7 @@ class Store:
         self._identity: dict[str, tuple[int, int]] = {}
         self.commits = 0
         self.longest_commit = 0.0
+        self.longest_checkpoint = 0.0
         self.last_commit = 0.0
         try:
             self._db = self._connect()
@@ -473,7 +474,7 @@ class Store:
             log_event(log, logging.WARNING, "checkpoint", "in_progress", error=error)
             return
         self._rows_since_checkpoint = 0
-        self._timed("checkpoint", started)
+        self.longest_checkpoint = max(self.longest_checkpoint, self._timed("checkpoint", started))
 
     def _timed(self, action: str, started: float) -> float:
         """Seconds since `started`; logs the action as slow past `slow_commit_warning`."""
