@@ -346,8 +346,9 @@ def main(argv=None) -> int:
     parser.add_argument("--floor-digest", choices=("on", "off"), default="on" if CENTRAL_KEEPS_DIGESTS else "off",
                         help="whether the floor hashes each batch for the agency digest, as a central that "
                              "keeps receipts does (default: %(default)s)")
-    parser.add_argument("--floor-commit-every", type=int, default=floors.BETS_PER_COMMIT,
-                        help="bets per commit in the floor (default: %(default)s)")
+    parser.add_argument("--floor-commit-every", type=int, default=None,
+                        help="bets per commit in the floor (default: the central's own, from its scale run of "
+                             f"the same round; {floors.BETS_PER_COMMIT:,} when it did not run)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args(argv)
     servers, notes = available_servers(args.servers.split(","))
@@ -359,10 +360,18 @@ def main(argv=None) -> int:
     floor_bets = max(1_000, int(200_000 * args.scale))
     floor_durability = "full" if "full" in durabilities else durabilities[0]
 
-    def measure_floor() -> dict:
+    def measure_floor(central_run: dict | None = None) -> dict:
+        # The floor commits as often as the central did in the same round: its group
+        # commit is work per bet the central really saves, and a floor that committed
+        # more often would flatter the central's share of it.
+        commit_every = args.floor_commit_every
+        if commit_every is None:
+            commit_every = floors.BETS_PER_COMMIT
+            if central_run and central_run.get("commits"):
+                commit_every = round(central_run["bets"] / central_run["commits"])
         floor = floors.measure(floor_bets, floor_durability, args.max_amount, args.floor_digest == "on",
-                               args.floor_commit_every)
-        print(f"  floor    {floor['bets_per_s']:>10,.0f} bets/s", flush=True)
+                               commit_every)
+        print(f"  floor    {floor['bets_per_s']:>10,.0f} bets/s, a commit every {commit_every:,} bets", flush=True)
         return floor
 
     floor_runs: list[dict] = []
@@ -395,14 +404,15 @@ def main(argv=None) -> int:
                 # that the machine's drift over minutes hits every server alike and
                 # same-run ratios stay comparable.
                 for round_ in range(args.repeats):
-                    if name == "scale":
-                        floor_runs.append(measure_floor())
                     for kind, durability in configs if round_ % 2 == 0 else reversed(configs):
                         runs[kind, durability].append(
                             measure(generator, kind, durability, len(loads), window, idle, Path(tmp)))
                         if idle and kind == "ours":
                             without_idle.append(
                                 measure(generator, kind, durability, len(loads), window, 0, Path(tmp))["bets_per_s"])
+                    if name == "scale":  # after the round's runs, at the cadence the central's showed
+                        central = runs.get(("ours", floor_durability))
+                        floor_runs.append(measure_floor(central[-1] if central else None))
                 for (kind, durability), config_runs in runs.items():
                     row = summarize(name, kind, durability, config_runs)
                     if idle and kind == "ours":
@@ -462,7 +472,8 @@ def winners_disagree(rows: list[dict]) -> list[str]:
 def summarize_floors(runs: list[dict]) -> dict:
     first = runs[0]
     return {
-        **{key: first[key] for key in ("bets", "durability", "digest", "commit_every")},
+        **{key: first[key] for key in ("bets", "durability", "digest")},
+        "commit_every": statistics.median(run["commit_every"] for run in runs),
         "bets_per_s": statistics.median(run["bets_per_s"] for run in runs),
         "us_per_bet": {phase: statistics.median(run["us_per_bet"][phase] for run in runs) for phase in floors.PHASES},
         "runs": runs,
@@ -499,7 +510,7 @@ def print_targets(rows: list[dict], floor: dict, restart: dict | None, notes: li
         cadence = f"; ours committed every {ours['bets'] / ours['commits']:,.0f}"
     print(f"  floor: {floor['bets_per_s']:,.0f} bets/s on one core, durability {floor['durability']} "
           f"({phases} us a bet; digest {'on' if floor['digest'] else 'off'}; "
-          f"a commit every {floor['commit_every']:,} bets{cadence})")
+          f"a commit every {floor['commit_every']:,.0f} bets{cadence})")
     if ours:
         rate = ours["bets_per_s"]
         print(f"  ours: {rate:,.0f} bets/s, {rate / floor['bets_per_s']:.2f} of the floor (target >= 0.90); "

@@ -27,9 +27,9 @@ from datagen import generate_bets
 from reactor.connection import RECV_SIZE
 from reactor.store import Store
 
-# What one of the central's turns stages under load in scenario 2 (its commits per
-# million bets, from the loop_stats line); `python -m bench` prints the central's
-# own figure beside the floor so a change of turn size shows.
+# Bets per commit when the central's own cadence is not at hand: what one of its
+# turns staged under load before its commits spanned turns. `python -m bench` and
+# `make profile` pass the central's own cadence from the same run instead.
 BETS_PER_COMMIT = 1_400
 AGENCIES = 50
 PHASES = ("decode", "validate", "digest", "insert", "commit", "checkpoint")

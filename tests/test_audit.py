@@ -22,9 +22,11 @@ import pytest
 import protocol as p
 from reactor.audit import Audit
 from reactor.store import Store
-from tests.harness import ROOT, Peer, ServerProcess, file_rows, run_agencies, wait_until
+from tests.harness import (
+    ROOT, Peer, ServerProcess, agency_process, file_rows, finish, run_agencies, wait_until, write_rows,
+)
 from tests.test_digest import reference_candidates, reference_digest
-from tests.test_receipts import bets_of, client, finish, receipt_of, write_rows
+from tests.test_receipts import bets_of, receipt_of
 
 SIZES = {1: 2500, 2: 1300, 3: 700}  # agency 1 finishes two blocks, 2 one, 3 none
 
@@ -68,7 +70,7 @@ def changed(db: Path, target: Path, *statements: tuple[str, tuple]) -> Path:
 def lottery(tmp_path_factory):
     """A finished lottery of three agencies, its central stopped: the database, the files, the receipts."""
     where = tmp_path_factory.mktemp("lottery")
-    files = {agency: write_rows(where / f"agency-{agency}.csv", agency, rows) for agency, rows in SIZES.items()}
+    files = {agency: write_rows(where / f"agency-{agency}.csv", rows, agency) for agency, rows in SIZES.items()}
     winning = int(file_rows(files[1])[99][4])  # a number agency 1 holds, so there are winners
     db = where / "bets.db"
     with ServerProcess(db, "--agencies", "3", "--winning-number", str(winning)) as server:
@@ -98,11 +100,11 @@ def test_a_finished_lottery_passes_and_shows_each_agencys_receipt(lottery):
 
 
 def test_the_audit_passes_while_a_central_serves_and_after_it_is_killed(tmp_path):
-    data = write_rows(tmp_path / "agency-1.csv", 1, 60_000)
+    data = write_rows(tmp_path / "agency-1.csv", 60_000, 1)
     db = tmp_path / "bets.db"
     server = ServerProcess(db, "--agencies", "1").start()
     port = server.port
-    proc = client(port, 1, data, "--batch-max-amount", "50", "--retries", "50")
+    proc = agency_process(port, 1, data, "--batch-max-amount", "50", "--retries", "50")
     try:
         assert wait_until(lambda: len(server.log_lines("apuesta_recibida", "success")) > 20, timeout=60)
         code, serving = audit_json(db)  # read-only, beside the central's writes
@@ -224,7 +226,7 @@ def failed(db: Path, check: str, agency: int, message: str, bets: list | None = 
 
 
 def test_a_verifiable_draw_re_derives_and_a_changed_seed_or_commitment_is_caught(tmp_path):
-    files = {agency: write_rows(tmp_path / f"agency-{agency}.csv", agency, rows)
+    files = {agency: write_rows(tmp_path / f"agency-{agency}.csv", rows, agency)
              for agency, rows in ((1, 1100), (2, 900))}
     db = tmp_path / "bets.db"
     with ServerProcess(db, "--agencies", "2", "--winning-number", "verifiable") as server:
