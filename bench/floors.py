@@ -32,6 +32,9 @@ from reactor.store import Store
 # `make profile` pass the central's own cadence from the same run instead.
 BETS_PER_COMMIT = 1_400
 AGENCIES = 50
+# Bets a floor measurement takes: long enough (a few seconds) that a moment of the
+# machine's noise does not decide it.
+FLOOR_BETS = 500_000
 PHASES = ("decode", "validate", "digest", "insert", "commit", "checkpoint")
 
 

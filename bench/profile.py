@@ -330,7 +330,7 @@ def main(argv=None) -> int:
 
     # The floor commits as often as the central did in these runs (as in `python -m bench`).
     commit_every = round(totals["bets"] / totals["commits"]) if totals["commits"] else floors.BETS_PER_COMMIT
-    floor = floors.measure(max(1_000, int(200_000 * args.scale)), args.durability, args.max_amount,
+    floor = floors.measure(max(1_000, int(floors.FLOOR_BETS * args.scale)), args.durability, args.max_amount,
                            args.floor_digest == "on", commit_every)
     summary = summarize(stacks, totals["bets"], totals["wall_s"], totals["sampled_s"], totals["cpu_s"])
     text = report(summary, floor, args.runs, args.durability)
