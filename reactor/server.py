@@ -22,7 +22,6 @@ import selectors
 import socket
 import ssl
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Callable
 
 from protocol import Error, ErrorCode, ProtocolError, encode
@@ -60,16 +59,24 @@ class Pool:
     accepted: int = 0
     refused: int = 0
     evicted: int = 0
-    # What each connection calls back. Made once per pool, not per connection: two
-    # closures for each connection would cost every idle peer about 400 bytes.
-    on_closed: Callable[[Connection], None] | None = None  # set by the server that owns the pool
+    when_emptied: Callable[[], None] | None = None  # told when its last connection closes
+    # What each connection calls back, bound once here: a closure per connection for
+    # each would cost every idle peer about 400 bytes.
+    on_closed: Callable[[Connection], None] = field(init=False)
     on_identified: Callable[[Connection], None] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.on_closed = self._closed
         self.on_identified = self._identified
 
     def _identified(self, connection: Connection) -> None:
         self.unidentified.pop(connection, None)
+
+    def _closed(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        self.unidentified.pop(connection, None)
+        if not self.connections and self.when_emptied is not None:
+            self.when_emptied()
 
 
 class Listener:
@@ -154,9 +161,8 @@ class Server:
             # Well below the limit, so that silent peers cannot crowd it, yet never so few
             # that agencies connecting at once evict each other before they say HELLO.
             max_unidentified or min(max_connections, max(16, max_connections // 4)),
-            new_handler=lottery.new_session, busy_frame=_BUSY_FRAME, tls=tls,
+            new_handler=lottery.new_session, busy_frame=_BUSY_FRAME, tls=tls, when_emptied=self._agencies_emptied,
         )
-        self.agencies.on_closed = partial(self._connection_closed, self.agencies)
         self.admin: Pool | None = None
         self.admin_port: int | None = None
         self._draining = False
@@ -171,7 +177,6 @@ class Server:
         """Listens for the admin side on its own port, served by the same loop."""
         self.admin = Pool("admin", limits, ADMIN_MAX_CONNECTIONS, ADMIN_MAX_CONNECTIONS // 2, new_handler,
                           new_decoder, decode_error)
-        self.admin.on_closed = partial(self._connection_closed, self.admin)
         self._admin_listener = Listener(self.loop, host, port, 128,
                                         lambda sock, peer: self._accepted(self.admin, sock, peer))
         self.admin_port = self._admin_listener.port
@@ -264,10 +269,8 @@ class Server:
             for connection in list(self.admin.connections):
                 connection.abort("the central stopped")
 
-    def _connection_closed(self, pool: Pool, connection: Connection) -> None:
-        pool.connections.discard(connection)
-        pool.unidentified.pop(connection, None)
-        if pool is self.agencies and self._draining and not pool.connections:
+    def _agencies_emptied(self) -> None:
+        if self._draining:
             self.loop.stop()  # drained: the last session got its answers
 
     def _abort_all(self) -> None:
