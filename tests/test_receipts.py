@@ -80,12 +80,15 @@ def test_a_central_killed_mid_ingest_the_agency_resumes_once_and_its_receipt_sti
     server = ServerProcess(db, "--agencies", "1").start()
     port = server.port
     proc = agency_process(port, 1, data, "--batch-max-amount", "50", "--retries", "50")
-    assert wait_until(lambda: len(server.log_lines("apuesta_recibida", "success")) > 20, timeout=60)
-    server.kill()  # SIGKILL: a crash, not a drain
-    server = ServerProcess(db, "--agencies", "1", "--port", str(port)).start()
     try:
+        assert wait_until(lambda: len(server.log_lines("apuesta_recibida", "success")) > 20, timeout=60)
+        server.kill()  # SIGKILL: a crash, not a drain
+        server = ServerProcess(db, "--agencies", "1", "--port", str(port)).start()
         code, out = finish(proc)
     finally:
+        if proc.poll() is None:  # a failed step above: the agency would retry for minutes
+            proc.kill()
+            proc.wait()
         server.stop()
     assert code == 0, out
     assert "action: conexion | result: in_progress" in out  # it did lose its session
