@@ -291,7 +291,8 @@ def profile_run(py_spy: str, generator: LoadGenerator, agencies: int, window: in
         raise RuntimeError(f"the run failed: {result.errors[:3]}")
     if not raw.exists():
         raise RuntimeError(f"py-spy wrote no profile: {output.strip()}")
-    return {"bets": result.bets, "wall_s": wall, "cpu_s": cpu, "sampled_s": sampled, "commits": stopped.get("commits", 0)}
+    return {"bets": result.bets, "wall_s": wall, "cpu_s": cpu, "sampled_s": sampled,
+            "commits": stopped.get("commits", 0)}
 
 
 def main(argv=None) -> int:
