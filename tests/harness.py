@@ -26,6 +26,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import protocol as p
@@ -232,6 +235,41 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
     """Waits for an `agency_process`: its exit code and everything it printed."""
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
+
+
+@dataclass
+class MidIngest:
+    """One agency's run well under way against its central (see `one_agency_mid_ingest`)."""
+
+    data: Path
+    db: Path
+    server: ServerProcess
+    agency: subprocess.Popen
+
+    def restart_server(self) -> None:
+        """A new central on the same database and port, after the test killed or stopped the old one."""
+        self.server = ServerProcess(self.db, "--agencies", "1", "--port", str(self.server.port)).start()
+
+
+@contextmanager
+def one_agency_mid_ingest(tmp_path: Path, rows: int = 60_000) -> Iterator[MidIngest]:
+    """A central for one agency, and that agency sending `rows` bets in small batches
+    with many retries, until over 20 batches are stored. At the end the agency is
+    killed if it still runs (a failed step would leave it retrying for minutes) and
+    the central of the moment is stopped."""
+    data = write_rows(tmp_path / "agency-1.csv", rows)
+    db = tmp_path / "bets.db"
+    server = ServerProcess(db, "--agencies", "1").start()
+    run = MidIngest(data, db, server, agency_process(server.port, 1, data, "--batch-max-amount", "50",
+                                                     "--retries", "50"))
+    try:
+        assert wait_until(lambda: len(run.server.log_lines("apuesta_recibida", "success")) > 20, timeout=60)
+        yield run
+    finally:
+        if run.agency.poll() is None:
+            run.agency.kill()
+            run.agency.wait()
+        run.server.stop()
 
 
 def exported_rows(db: Path) -> list[list[str]]:

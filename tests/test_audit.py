@@ -23,7 +23,7 @@ import protocol as p
 from reactor.audit import Audit
 from reactor.store import Store
 from tests.harness import (
-    ROOT, Peer, ServerProcess, agency_process, file_rows, finish, run_agencies, wait_until, write_rows,
+    ROOT, Peer, ServerProcess, file_rows, finish, one_agency_mid_ingest, run_agencies, write_rows,
 )
 from tests.test_digest import reference_candidates, reference_digest
 from tests.test_receipts import bets_of, receipt_of
@@ -100,28 +100,18 @@ def test_a_finished_lottery_passes_and_shows_each_agencys_receipt(lottery):
 
 
 def test_the_audit_passes_while_a_central_serves_and_after_it_is_killed(tmp_path):
-    data = write_rows(tmp_path / "agency-1.csv", 60_000, 1)
-    db = tmp_path / "bets.db"
-    server = ServerProcess(db, "--agencies", "1").start()
-    port = server.port
-    proc = agency_process(port, 1, data, "--batch-max-amount", "50", "--retries", "50")
-    try:
-        assert wait_until(lambda: len(server.log_lines("apuesta_recibida", "success")) > 20, timeout=60)
-        code, serving = audit_json(db)  # read-only, beside the central's writes
+    with one_agency_mid_ingest(tmp_path) as run:
+        code, serving = audit_json(run.db)  # read-only, beside the central's writes
         assert code == 0, serving
         assert serving["agencies"]["1"]["bets"] > 0 and serving["draw"] is None
-        server.kill()
-        code, killed = audit_json(db)
+        run.server.kill()
+        code, killed = audit_json(run.db)
         assert code == 0, killed
         assert killed["agencies"]["1"]["bets"] >= serving["agencies"]["1"]["bets"]
-        server = ServerProcess(db, "--agencies", "1", "--port", str(port)).start()
-        code, out = finish(proc)
+        run.restart_server()
+        code, out = finish(run.agency)
         assert code == 0, out
-    finally:
-        if proc.poll() is None:  # a failed step above: the agency would retry for minutes
-            proc.kill()
-            proc.wait()
-        server.stop()
+    data, db = run.data, run.db
     code, report = audit_json(db)
     assert code == 0, report
     assert report["agencies"]["1"]["digest"] == receipt_of(data).hex()

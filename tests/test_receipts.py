@@ -16,7 +16,8 @@ import protocol as p
 from client import Agency, AgencyConfig, BetFile
 from datagen import bet_line, generate_bets
 from tests.harness import (
-    ROOT, Peer, ServerProcess, agency_process, env_for, exported_rows, file_rows, finish, wait_until, write_rows,
+    ROOT, Peer, ServerProcess, agency_process, env_for, exported_rows, file_rows, finish, one_agency_mid_ingest,
+    wait_until, write_rows,
 )
 from tests.test_digest import reference_digest
 
@@ -75,21 +76,11 @@ def test_five_agencies_on_version_2_each_hold_the_receipt_of_their_file(tmp_path
 
 def test_a_central_killed_mid_ingest_the_agency_resumes_once_and_its_receipt_still_matches(tmp_path):
     """The restart's WELCOME digest comes from what the central persisted, not from rereading the bets."""
-    data = write_rows(tmp_path / "agency-1.csv", 60_000, 1)
-    db = tmp_path / "bets.db"
-    server = ServerProcess(db, "--agencies", "1").start()
-    port = server.port
-    proc = agency_process(port, 1, data, "--batch-max-amount", "50", "--retries", "50")
-    try:
-        assert wait_until(lambda: len(server.log_lines("apuesta_recibida", "success")) > 20, timeout=60)
-        server.kill()  # SIGKILL: a crash, not a drain
-        server = ServerProcess(db, "--agencies", "1", "--port", str(port)).start()
-        code, out = finish(proc)
-    finally:
-        if proc.poll() is None:  # a failed step above: the agency would retry for minutes
-            proc.kill()
-            proc.wait()
-        server.stop()
+    with one_agency_mid_ingest(tmp_path) as run:
+        run.server.kill()  # SIGKILL: a crash, not a drain
+        run.restart_server()
+        code, out = finish(run.agency)
+    data, db = run.data, run.db
     assert code == 0, out
     assert "action: conexion | result: in_progress" in out  # it did lose its session
     assert not fail_lines(out), out
