@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -132,6 +133,32 @@ def spawn(processes: list[subprocess.Popen], command: list[str], **popen) -> sub
     return proc
 
 
+class Central(NamedTuple):
+    """A central a script started, and the files it made for it."""
+
+    process: subprocess.Popen
+    log: Path
+    server_ini: Path
+    client_ini: Path
+    db: Path
+
+
+def start_central(processes: list[subprocess.Popen], data: Path, name: str, agencies: int,
+                  env: dict[str, str]) -> Central:
+    """A central on a fresh `<name>.db` in `data`, from config files of its own."""
+    db = data / f"{name}.db"
+    for leftover in data.glob(f"{name}.db*"):
+        leftover.unlink()
+    server_ini, client_ini = data / f"{name}-server.ini", data / f"{name}-client.ini"
+    server_ini.write_text(SERVER_INI.format(db=db, agencies=agencies, winning_number=DEFAULT_WINNING_NUMBER))
+    client_ini.write_text(CLIENT_INI)
+    server_log = data / f"{name}-server.log"
+    with open(server_log, "w") as log_file:  # a file, not a pipe: the central never blocks on its log
+        server = spawn(processes, [sys.executable, "-m", "reactor", "--config", str(server_ini)],
+                       env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    return Central(server, server_log, server_ini, client_ini, db)
+
+
 def stop(processes: list[subprocess.Popen]) -> None:
     for proc in processes:
         if proc.poll() is None:
@@ -143,18 +170,8 @@ def stop(processes: list[subprocess.Popen]) -> None:
 def run(args: argparse.Namespace, processes: list[subprocess.Popen]) -> int:
     dataset = write_dataset(args.data, total=args.bets, agencies=args.agencies)
     print(f"generated {sum(dataset.rows):,} bets for {args.agencies} agencies in {args.data}/")
-    db = args.data / "demo.db"
-    for leftover in args.data.glob("demo.db*"):
-        leftover.unlink()
-    server_ini, client_ini = args.data / "demo-server.ini", args.data / "demo-client.ini"
-    server_ini.write_text(SERVER_INI.format(db=db, agencies=args.agencies, winning_number=DEFAULT_WINNING_NUMBER))
-    client_ini.write_text(CLIENT_INI)
-
     env = own_environment()
-    server_log = args.data / "demo-server.log"
-    with open(server_log, "w") as log_file:  # a file, not a pipe: the server never blocks on its log
-        server = spawn(processes, [sys.executable, "-m", "reactor", "--config", str(server_ini)],
-                       env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    server, server_log, server_ini, client_ini, db = start_central(processes, args.data, "demo", args.agencies, env)
     port, deadline = None, time.monotonic() + 15
     while port is None and time.monotonic() < deadline and server.poll() is None:
         match = PORT_LINE.search(server_log.read_text())

@@ -30,17 +30,16 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from demo import (  # noqa: E402
     ADMIN_PORT_LINE,
-    CLIENT_INI,
     PORT_LINE,
-    SERVER_INI,
     Interrupted,
     _interrupt,
     own_environment,
     spawn,
+    start_central,
     stop,
 )
 
-from datagen import COURSE_SIZES, DEFAULT_WINNING_NUMBER, write_dataset  # noqa: E402
+from datagen import COURSE_SIZES, write_dataset  # noqa: E402
 from tests.browser import Chromium, find_chromium  # noqa: E402
 
 WINDOW = (1100, 680)
@@ -73,17 +72,8 @@ def main() -> int:
 
 def run(args: argparse.Namespace, chromium: Chromium, processes: list[subprocess.Popen]) -> int:
     dataset = write_dataset(args.data, total=sum(COURSE_SIZES), agencies=len(COURSE_SIZES))
-    db = args.data / "screenshot.db"
-    for leftover in args.data.glob("screenshot.db*"):
-        leftover.unlink()
-    server_ini, client_ini = args.data / "screenshot-server.ini", args.data / "screenshot-client.ini"
-    server_ini.write_text(SERVER_INI.format(db=db, agencies=len(dataset.files), winning_number=DEFAULT_WINNING_NUMBER))
-    client_ini.write_text(CLIENT_INI)
     env = own_environment()
-    server_log = args.data / "screenshot-server.log"
-    with open(server_log, "w") as log_file:  # a file, not a pipe: the central never blocks on its log
-        server = spawn(processes, [sys.executable, "-m", "reactor", "--config", str(server_ini)],
-                       env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    server, server_log, _, client_ini, _ = start_central(processes, args.data, "screenshot", len(dataset.files), env)
     ports = wait_for_ports(server, server_log)
     if ports is None:
         print(f"screenshot: the central did not start; see {server_log}", file=sys.stderr)
